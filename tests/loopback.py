@@ -1,0 +1,68 @@
+"""A tiny HTTP server on 127.0.0.1 whose routes tests define, counting every request it receives."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+Route = Callable[[BaseHTTPRequestHandler], None]
+
+
+class LoopbackServer:
+    """Routes by path; `hits` records every path requested, in order."""
+
+    def __init__(self, routes: dict[str, Route]) -> None:
+        self.routes = routes
+        self.hits: list[str] = []
+        self.headers_seen: list[dict[str, str]] = []
+        server = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                server.hits.append(self.path)
+                server.headers_seen.append(dict(self.headers.items()))
+                route = server.routes.get(self.path.split("?", 1)[0])
+                if route is None:
+                    self.send_error(404)
+                else:
+                    route(self)
+
+            def log_message(self, format: str, *args: object) -> None:
+                pass
+
+        self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self._httpd.daemon_threads = True
+        self.base_url = f"http://127.0.0.1:{self._httpd.server_address[1]}"
+
+    def start(self) -> None:
+        threading.Thread(target=self._httpd.serve_forever, daemon=True).start()
+
+    def stop(self) -> None:
+        self._httpd.shutdown()
+        self._httpd.server_close()
+
+
+@contextmanager
+def serve(routes: dict[str, Route]) -> Iterator[LoopbackServer]:
+    server = LoopbackServer(routes)
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+def respond(status: int, body: bytes = b"", content_type: str = "text/html; charset=utf-8",
+            headers: dict[str, str] | None = None) -> Route:
+    """A route answering with a fixed status, body and headers."""
+    def route(handler: BaseHTTPRequestHandler) -> None:
+        handler.send_response(status)
+        handler.send_header("Content-Type", content_type)
+        handler.send_header("Content-Length", str(len(body)))
+        for name, value in (headers or {}).items():
+            handler.send_header(name, value)
+        handler.end_headers()
+        handler.wfile.write(body)
+    return route

@@ -1,0 +1,129 @@
+"""The HTTP client against real servers on loopback: redirects, caps, errors, conditional GET, refusals."""
+
+from __future__ import annotations
+
+import gzip
+from http.server import BaseHTTPRequestHandler
+
+import pytest
+
+from pipeline.http import HttpClient
+from pipeline.settings import Settings
+from tests.loopback import respond, serve
+
+PAGE = b"<html><body><p>hello</p></body></html>"
+
+
+def _redirect(location: str):
+    def route(handler: BaseHTTPRequestHandler) -> None:
+        handler.send_response(302)
+        handler.send_header("Location", location)
+        handler.send_header("Content-Length", "0")
+        handler.end_headers()
+    return route
+
+
+def _conditional(handler: BaseHTTPRequestHandler) -> None:
+    if handler.headers.get("If-None-Match") == '"v1"':
+        handler.send_response(304)
+        handler.end_headers()
+        return
+    respond(200, PAGE, headers={"ETag": '"v1"'})(handler)
+
+
+def _gzipped(handler: BaseHTTPRequestHandler) -> None:
+    body = gzip.compress(PAGE)
+    respond(200, body, headers={"Content-Encoding": "gzip"})(handler)
+
+
+def _chunked_large(handler: BaseHTTPRequestHandler) -> None:
+    handler.send_response(200)
+    handler.send_header("Content-Type", "text/html")
+    handler.end_headers()  # no Content-Length: the cap must hold while streaming
+    for _ in range(64):
+        handler.wfile.write(b"x" * 4096)
+
+
+ROUTES = {
+    "/ok": respond(200, PAGE),
+    "/hop": _redirect("/ok"),
+    "/loop-a": _redirect("/loop-b"),
+    "/loop-b": _redirect("/loop-a"),
+    "/gone": respond(410, b"gone"),
+    "/busy": respond(503, b"busy", headers={"Retry-After": "120"}),
+    "/etag": _conditional,
+    "/gz": _gzipped,
+    "/big-declared": respond(200, b"y" * 200_000),
+    "/big-streamed": _chunked_large,
+}
+
+
+@pytest.fixture
+def server():
+    with serve(ROUTES) as running:
+        yield running
+
+
+def client(**overrides: object) -> HttpClient:
+    return HttpClient(Settings(allow_private_addresses=True, **overrides))
+
+
+def test_get_returns_body_and_identifies_itself(server) -> None:
+    result = client(user_agent="news-ingest-test/1").get(f"{server.base_url}/ok")
+    assert result.ok and result.status == 200 and result.body == PAGE
+    assert server.headers_seen[0]["User-Agent"] == "news-ingest-test/1"
+
+
+def test_redirects_are_followed_and_final_url_recorded(server) -> None:
+    result = client().get(f"{server.base_url}/hop")
+    assert result.body == PAGE
+    assert result.final_url == f"{server.base_url}/ok"
+
+
+def test_redirect_loop_stops_at_the_limit(server) -> None:
+    result = client(max_redirects=3).get(f"{server.base_url}/loop-a")
+    assert not result.ok and "more than 3 redirects" in (result.error or "")
+    assert len(server.hits) == 4
+
+
+def test_http_errors_say_whether_a_retry_may_help(server) -> None:
+    gone = client().get(f"{server.base_url}/gone")
+    busy = client().get(f"{server.base_url}/busy")
+    assert (gone.error, gone.retryable) == ("HTTP 410", False)
+    assert (busy.error, busy.retryable) == ("HTTP 503", True)
+    assert busy.headers["retry-after"] == "120"
+
+
+def test_conditional_get_sends_validators_and_accepts_304(server) -> None:
+    first = client().get(f"{server.base_url}/etag")
+    second = client().get(f"{server.base_url}/etag", etag=first.headers["etag"])
+    assert first.status == 200 and second.status == 304 and second.ok and second.body == b""
+
+
+def test_gzip_bodies_are_decoded(server) -> None:
+    assert client().get(f"{server.base_url}/gz").body == PAGE
+
+
+@pytest.mark.parametrize("path", ["/big-declared", "/big-streamed"])
+def test_body_cap_holds_with_and_without_content_length(server, path: str) -> None:
+    result = client(max_bytes=100_000).get(f"{server.base_url}{path}")
+    assert not result.ok and "body too large" in (result.error or "")
+    assert result.body == b""
+
+
+def test_loopback_is_refused_unless_allowed_and_no_request_is_sent(server) -> None:
+    result = HttpClient(Settings()).get(f"{server.base_url}/ok")
+    assert not result.ok and "not public" in (result.error or "")
+    assert server.hits == []
+
+
+def test_non_http_schemes_are_refused() -> None:
+    result = client().get("file:///etc/passwd")
+    assert not result.ok and "unsupported URL scheme" in (result.error or "")
+
+
+def test_connection_refused_is_a_retryable_failure() -> None:
+    with serve({}) as stopped:
+        url = f"{stopped.base_url}/ok"
+    result = client(connect_timeout=2).get(url)
+    assert not result.ok and result.retryable and result.error.startswith("connection failed")
