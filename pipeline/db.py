@@ -129,24 +129,30 @@ def migrate(engine: Engine, directory: Path = MIGRATIONS_DIR) -> list[str]:
     migrations = list_migrations(directory)
     applied_now: list[str] = []
     with engine.connect() as connection:
+        # a session-level lock: it spans the per-migration transactions below
         connection.execute(text("SELECT pg_advisory_lock(:key)"), {"key": MIGRATION_LOCK_KEY})
+        connection.commit()
         try:
             connection.execute(text(
                 "CREATE TABLE IF NOT EXISTS schema_migrations ("
                 " version text PRIMARY KEY, name text NOT NULL, applied_at timestamptz NOT NULL DEFAULT now())"
             ))
-            connection.commit()
             done = {row[0] for row in connection.execute(text("SELECT version FROM schema_migrations"))}
+            connection.commit()
             for migration in migrations:
                 if migration.version in done:
                     continue
                 LOGGER.info("applying migration %s", migration.name)
-                with connection.begin():
+                try:
                     connection.exec_driver_sql(migration.path.read_text(encoding="utf-8"))
                     connection.execute(
                         text("INSERT INTO schema_migrations (version, name) VALUES (:version, :name)"),
                         {"version": migration.version, "name": migration.name},
                     )
+                    connection.commit()
+                except Exception:
+                    connection.rollback()
+                    raise
                 applied_now.append(migration.name)
         finally:
             connection.rollback()
