@@ -4,7 +4,8 @@
 Polls every enabled feed, fetches the pages of items published in the run's data interval, extracts each
 article with trafilatura, deduplicates (canonical URL, exact body), tags topics and upserts PostgreSQL.
 
-* **plan** opens the `ingest_runs` row and splits the enabled feeds into batches (ids only).
+* **start** opens the run's `ingest_runs` row for its data interval.
+* **plan** splits the enabled feeds into batches (ids only).
 * **fetch** (one mapped task per feed batch) polls the feeds, records each poll in `feed_fetches`, queues
   new items in `feed_entries` and stores the fetched pages in `pages`.
 * **process** (one mapped task per feed batch) extracts, dedupes, tags and loads those pages.
@@ -23,7 +24,7 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from airflow.sdk import Param, dag, task
+from airflow.sdk import CronDataIntervalTimetable, Param, dag, task
 
 from pipeline.settings import Settings
 
@@ -55,7 +56,8 @@ def _engine() -> Any:
 
 @dag(
     dag_id="news_ingest",
-    schedule=SETTINGS.schedule,
+    # a data-interval timetable: each run covers [previous tick, this tick), which the fetch stage filters on
+    schedule=CronDataIntervalTimetable(SETTINGS.schedule, timezone="UTC"),
     start_date=datetime(2026, 1, 1, tzinfo=UTC),
     catchup=False,
     max_active_runs=SETTINGS.max_active_runs,
@@ -68,51 +70,55 @@ def _engine() -> Any:
     },
 )
 def news_ingest() -> None:
-    @task(multiple_outputs=True)
-    def plan(data_interval_start: datetime | None = None, data_interval_end: datetime | None = None,
-             dag_run: Any = None, params: dict[str, Any] | None = None) -> dict[str, Any]:
+    @task
+    def start(data_interval_start: datetime | None = None, data_interval_end: datetime | None = None,
+              dag_run: Any = None, params: dict[str, Any] | None = None) -> dict[str, Any]:
         from pipeline import flow
 
-        settings = Settings.from_env()
         params = params or {}
         since, until = flow.resolve_interval(data_interval_start, data_interval_end, since=params.get("since"),
                                              until=params.get("until"))
-        run = flow.begin_run(_engine(), settings, f"{dag_run.dag_id}/{dag_run.run_id}", "airflow", since, until)
-        return {"run_id": run.run_id, "since": since.isoformat(), "until": until.isoformat(),
-                "batches": run.batches}
-
-    @task(max_active_tis_per_dagrun=4)
-    def fetch(feed_ids: list[int], run_id: int, since: str, until: str) -> dict[str, float]:
-        from pipeline import flow
-
-        return flow.fetch_feeds(_engine(), Settings.from_env(), run_id, feed_ids, datetime.fromisoformat(since),
-                                datetime.fromisoformat(until))
+        run_id = flow.open_run(_engine(), f"{dag_run.dag_id}/{dag_run.run_id}", "airflow", since, until)
+        return {"ingest_run_id": run_id, "since": since.isoformat(), "until": until.isoformat()}
 
     @task
-    def process(feed_ids: list[int], run_id: int) -> dict[str, float]:
+    def plan(run: dict[str, Any]) -> list[list[int]]:
         from pipeline import flow
 
-        return flow.process_feeds(_engine(), Settings.from_env(), run_id, feed_ids)
+        return flow.feed_batches(_engine(), Settings.from_env())
+
+    @task(max_active_tis_per_dagrun=4)
+    def fetch(feed_ids: list[int], run: dict[str, Any]) -> dict[str, float]:
+        from pipeline import flow
+
+        return flow.fetch_feeds(_engine(), Settings.from_env(), run["ingest_run_id"], feed_ids,
+                                datetime.fromisoformat(run["since"]), datetime.fromisoformat(run["until"]))
+
+    @task
+    def process(feed_ids: list[int], run: dict[str, Any]) -> dict[str, float]:
+        from pipeline import flow
+
+        return flow.process_feeds(_engine(), Settings.from_env(), run["ingest_run_id"], feed_ids)
 
     @task(trigger_rule="all_done", retries=0)
-    def finish(run_id: int, batches: list[list[int]], fetched: list[dict[str, float]],
+    def finish(run: dict[str, Any], batches: list[list[int]], fetched: list[dict[str, float]],
                processed: list[dict[str, float]]) -> dict[str, float]:
         from pipeline import flow
 
         fetched, processed = list(fetched), list(processed)
         missing = (len(batches) - len(fetched)) + (len(batches) - len(processed))
         error = f"{missing} of {2 * len(batches)} batch tasks failed; see their logs" if missing else None
-        totals = flow.end_run(_engine(), run_id, fetched + processed, error=error)
+        totals = flow.end_run(_engine(), run["ingest_run_id"], fetched + processed, error=error)
         if error:
             raise RuntimeError(error)
         return totals
 
-    planned = plan()
-    fetched = fetch.partial(run_id=planned["run_id"], since=planned["since"], until=planned["until"]).expand(
-        feed_ids=planned["batches"])
-    processed = process.partial(run_id=planned["run_id"]).expand(feed_ids=planned["batches"])
+    run = start()
+    batches = plan(run)
+    fetched = fetch.partial(run=run).expand(feed_ids=batches)
+    processed = process.partial(run=run).expand(feed_ids=batches)
     fetched >> processed
-    finish(planned["run_id"], planned["batches"], fetched, processed)
+    finish(run, batches, fetched, processed)
 
 
 news_ingest()

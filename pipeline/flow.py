@@ -7,7 +7,6 @@ import multiprocessing
 import time
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor, as_completed
-from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from functools import cache
 from pathlib import Path
@@ -29,16 +28,6 @@ LOGGER = logging.getLogger(__name__)
 
 PROCESS_CHUNK = 25
 Progress = Callable[[int], None]
-
-
-@dataclass(frozen=True)
-class RunPlan:
-    """What the first task of a run hands to the others: ids and the interval, never bodies."""
-
-    run_id: int
-    since: datetime
-    until: datetime
-    batches: list[list[int]]
 
 
 def resolve_interval(
@@ -78,16 +67,21 @@ def plan_batches(feed_ids: Sequence[int], batch_size: int, max_batches: int) -> 
     return [list(feed_ids[i::count]) for i in range(count)]
 
 
-def begin_run(engine: Engine, settings: Settings, run_key: str, trigger: str, since: datetime,
-              until: datetime) -> RunPlan:
-    """Open the run's ingest_runs row and split the enabled feeds into batches."""
+def open_run(engine: Engine, run_key: str, trigger: str, since: datetime, until: datetime) -> int:
+    """Open (or reopen, for a retried run) the run's ingest_runs row; returns its id."""
     with engine.begin() as conn:
         run_id = store.start_run(conn, run_key, trigger, since, until)
+    LOGGER.info("run %s (%s): interval %s to %s", run_id, run_key, since.isoformat(), until.isoformat())
+    return run_id
+
+
+def feed_batches(engine: Engine, settings: Settings) -> list[list[int]]:
+    """The enabled feeds, split into batches for one mapped task each."""
+    with engine.begin() as conn:
         feed_ids = [feed.id for feed in store.list_feeds(conn, enabled_only=True)]
     batches = plan_batches(feed_ids, settings.feed_batch_size, settings.max_batches)
-    LOGGER.info("run %s (%s): %d feeds in %d batches, interval %s to %s", run_id, run_key, len(feed_ids),
-                len(batches), since.isoformat(), until.isoformat())
-    return RunPlan(run_id, since, until, batches)
+    LOGGER.info("%d enabled feeds in %d batches", len(feed_ids), len(batches))
+    return batches
 
 
 def fetch_feeds(
@@ -307,16 +301,17 @@ def run_interval(
     progress: Callable[[str, int], Progress] | None = None,
 ) -> tuple[int, dict[str, float]]:
     """A whole pass without Airflow: plan, fetch every batch, process on `settings.workers` processes."""
-    plan = begin_run(engine, settings, run_key, trigger, since, until)
+    run_id = open_run(engine, run_key, trigger, since, until)
+    batches = feed_batches(engine, settings)
     parts: list[dict[str, float]] = []
     try:
-        all_feeds = [feed_id for batch in plan.batches for feed_id in batch]
+        all_feeds = [feed_id for batch in batches for feed_id in batch]
         with engine.begin() as conn:
             queued = len(store.entries_to_fetch(conn, all_feeds, settings.max_page_attempts,
                                                 since - settings.lookback, until))
         fetch_progress = progress("fetch", queued) if progress else None
-        for batch in plan.batches:
-            parts.append(fetch_feeds(engine, settings, plan.run_id, batch, since, until, fetch_progress))
+        for batch in batches:
+            parts.append(fetch_feeds(engine, settings, run_id, batch, since, until, fetch_progress))
         with engine.begin() as conn:
             entry_ids = store.fetched_entry_ids(conn, all_feeds)
         process_progress = progress("process", len(entry_ids)) if progress else None
@@ -327,14 +322,14 @@ def run_interval(
             context = multiprocessing.get_context("fork")
             with ProcessPoolExecutor(settings.workers, mp_context=context,
                                      initializer=_forget_inherited_pools) as pool:
-                futures = [pool.submit(_process_in_child, url, settings, plan.run_id, chunk) for chunk in chunks]
+                futures = [pool.submit(_process_in_child, url, settings, run_id, chunk) for chunk in chunks]
                 for future, chunk in zip(futures, chunks, strict=True):
                     parts.append(future.result())
                     if process_progress:
                         process_progress(len(chunk))
         else:
-            parts.append(process_entries(engine, settings, plan.run_id, entry_ids, process_progress))
+            parts.append(process_entries(engine, settings, run_id, entry_ids, process_progress))
     except Exception as exc:
-        end_run(engine, plan.run_id, parts, error=f"{type(exc).__name__}: {exc}")
+        end_run(engine, run_id, parts, error=f"{type(exc).__name__}: {exc}")
         raise
-    return plan.run_id, end_run(engine, plan.run_id, parts)
+    return run_id, end_run(engine, run_id, parts)

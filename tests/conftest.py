@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import tempfile
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -14,6 +15,15 @@ from sqlalchemy.engine import make_url
 
 from pipeline import db
 from pipeline.settings import PROJECT_ROOT, Settings
+
+# Airflow reads its configuration when first imported: point it at a throwaway home before any test does
+AIRFLOW_HOME = Path(tempfile.mkdtemp(prefix="news-ingest-airflow-"))
+os.environ.update({
+    "AIRFLOW_HOME": str(AIRFLOW_HOME),
+    "AIRFLOW__CORE__DAGS_FOLDER": str(PROJECT_ROOT / "dags"),
+    "AIRFLOW__CORE__LOAD_EXAMPLES": "false",
+    "AIRFLOW__CORE__UNIT_TEST_MODE": "false",
+})
 
 SHARED_DIR = PROJECT_ROOT.parent / "shared"
 SEED_ARTICLE = SHARED_DIR / "examples" / "seed-article.txt"
@@ -94,3 +104,12 @@ def demo_base_url() -> Iterator[str]:
 
     with demosite.serve() as base_url:
         yield base_url
+
+
+@pytest.fixture(scope="session")
+def airflow_db() -> Path:
+    """Airflow's own metadata database (SQLite in the throwaway home), migrated once per session."""
+    from airflow.utils import db as airflow_db_utils
+
+    airflow_db_utils.initdb()
+    return AIRFLOW_HOME
