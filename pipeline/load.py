@@ -46,7 +46,16 @@ def lock_key(kind: str, value: str) -> int:
 
 
 def sync_topics(conn: Connection, taxonomy: Taxonomy) -> None:
-    """Make the topics table match the taxonomy's topics (labels, descriptions, parents, version)."""
+    """Make the topics table match the taxonomy's topics (labels, descriptions, parents, version).
+
+    A topic that left the taxonomy keeps its row (its article_topics are history) but frees its label, so a
+    renamed id can take the label over.
+    """
+    conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": lock_key("taxonomy", "sync")})
+    conn.execute(text(
+        "UPDATE topics SET label = label || ' [retired ' || id || ']', updated_at = now() "
+        "WHERE label = ANY(:labels) AND NOT (id = ANY(:ids))"
+    ), {"labels": [t.label for t in taxonomy.topics], "ids": [t.id for t in taxonomy.topics]})
     for topic in taxonomy.topics:
         conn.execute(text(
             "INSERT INTO topics (id, label, description, parent_id, taxonomy_version) "
