@@ -20,13 +20,14 @@ from pipeline.extract import EXTRACTOR_VERSION, extract
 from pipeline.feeds import FEED_ACCEPT, parse_feed
 from pipeline.http import HttpClient
 from pipeline.load import LoadItem, load_articles, sync_topics
-from pipeline.models import Article, Extraction
+from pipeline.models import Article, Extraction, FetchResult
 from pipeline.settings import Settings
 from pipeline.topics import Taxonomy, load_taxonomy
 
 LOGGER = logging.getLogger(__name__)
 
 PROCESS_CHUNK = 25
+PAGE_ACCEPT = "text/html,application/xhtml+xml;q=0.9,*/*;q=0.5"
 Progress = Callable[[int], None]
 
 
@@ -154,23 +155,33 @@ def _fetch_pages(
     wanted: Sequence[store.PendingEntry],
     progress: Progress | None,
 ) -> tuple[int, int]:
+    """Fetch pages on a few threads; results are written a chunk per transaction as they arrive."""
     fetched = failed = 0
-    with ThreadPoolExecutor(max_workers=max(1, settings.page_concurrency)) as pool:
-        futures = {pool.submit(client.get, entry.url, accept="text/html,application/xhtml+xml;q=0.9,*/*;q=0.5"):
-                   entry for entry in wanted}
-        for future in as_completed(futures):
-            entry = futures[future]
-            result = future.result()
-            with engine.begin() as conn:
+    done: list[tuple[store.PendingEntry, FetchResult]] = []
+
+    def flush() -> None:
+        with engine.begin() as conn:
+            for entry, result in done:
                 if result.ok:
                     store.store_page(conn, entry.id, run_id, result)
-                    fetched += 1
                 else:
                     store.mark_entry_failed(conn, entry.id, run_id, "page_failed", result.error or "fetch failed",
                                             retryable=result.retryable)
-                    failed += 1
-            if progress:
-                progress(1)
+        if progress:
+            progress(len(done))
+        done.clear()
+
+    with ThreadPoolExecutor(max_workers=max(1, settings.page_concurrency)) as pool:
+        futures = {pool.submit(client.get, entry.url, accept=PAGE_ACCEPT): entry for entry in wanted}
+        for future in as_completed(futures):
+            result = future.result()
+            done.append((futures[future], result))
+            fetched += result.ok
+            failed += not result.ok
+            if len(done) >= PROCESS_CHUNK:
+                flush()
+    if done:
+        flush()
     return fetched, failed
 
 

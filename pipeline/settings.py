@@ -99,7 +99,9 @@ class Settings:
         metadata=_doc("Processes used by `python -m pipeline run` (Airflow maps tasks instead).", "NEWS_WORKERS"),
     )
     schedule: str = field(
-        default="@hourly", metadata=_doc("Schedule of the news_ingest DAG (cron or preset).", "NEWS_SCHEDULE")
+        default="@hourly",
+        metadata=_doc("Schedule of the news_ingest DAG (cron expression or preset); each run covers the interval "
+                      "from the previous tick to its own.", "NEWS_SCHEDULE"),
     )
     max_active_runs: int = field(
         default=4, metadata=_doc("Runs of news_ingest allowed at once (backfills included).",
@@ -160,7 +162,8 @@ def describe() -> list[tuple[str, str, str]]:
         if isinstance(default, timedelta):
             shown = str(default.total_seconds() / 3600).removesuffix(".0")
         elif isinstance(default, Path):
-            shown = "./" + str(default.relative_to(PROJECT_ROOT)) if default.is_relative_to(PROJECT_ROOT) else str(default)
+            inside = default.is_relative_to(PROJECT_ROOT)
+            shown = f"./{default.relative_to(PROJECT_ROOT)}" if inside else str(default)
         elif default is None:
             shown = "(empty)"
         else:

@@ -74,7 +74,7 @@ def test_concurrent_migrators_apply_each_migration_once(database_url: str, tmp_p
 
 def test_badly_named_migration_files_are_rejected(tmp_path: Path) -> None:
     _write(tmp_path, "1_oops.sql", "SELECT 1;")
-    with pytest.raises(db.DatabaseError, match="NNNN_words.sql"):
+    with pytest.raises(db.DatabaseError, match=r"NNNN_words\.sql"):
         db.list_migrations(tmp_path)
 
 
