@@ -48,7 +48,10 @@ class HttpClient:
         self._pool = urllib3.PoolManager(
             num_pools=32,
             maxsize=max(1, settings.page_concurrency),
-            retries=False,
+            # one quiet retry on a connect or read error covers keep-alive connections the server closed while
+            # pooled; everything else (statuses, redirects) is decided here
+            retries=urllib3.Retry(total=1, connect=1, read=1, redirect=0, status=0, other=0,
+                                  raise_on_redirect=False, raise_on_status=False),
             timeout=urllib3.Timeout(connect=settings.connect_timeout, read=settings.read_timeout),
         )
         self._base_headers = {"User-Agent": settings.user_agent, "Accept-Encoding": "gzip, deflate"}

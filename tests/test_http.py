@@ -127,3 +127,20 @@ def test_connection_refused_is_a_retryable_failure() -> None:
         url = f"{stopped.base_url}/ok"
     result = client(connect_timeout=2).get(url)
     assert not result.ok and result.retryable and result.error.startswith("connection failed")
+
+
+def test_a_keep_alive_connection_closed_by_the_server_is_retried_quietly() -> None:
+    from http.server import BaseHTTPRequestHandler as Handler
+
+    def close_after_reply(handler: Handler) -> None:
+        handler.protocol_version = "HTTP/1.1"
+        handler.send_response(200)
+        handler.send_header("Content-Length", str(len(PAGE)))
+        handler.end_headers()  # no "Connection: close": the client pools the connection ...
+        handler.wfile.write(PAGE)
+        handler.close_connection = True  # ... which the server then drops
+
+    with serve({"/ok": close_after_reply}) as server:
+        http = client()
+        results = [http.get(f"{server.base_url}/ok") for _ in range(3)]
+    assert all(r.ok and r.body == PAGE for r in results), [r.error for r in results]
