@@ -103,6 +103,10 @@ class HttpClient:
                     continue
                 return self._read(url, current, response, started)
             finally:
+                if not response.isclosed() and response.length_remaining != 0:
+                    # an unread body (redirect, error page, refused content) would be taken for the next
+                    # response on this keep-alive connection: drop the connection instead
+                    response.close()
                 response.release_conn()
         return self._failure(url, current, None, f"more than {self._settings.max_redirects} redirects", started,
                              retryable=False)

@@ -13,13 +13,15 @@ Route = Callable[[BaseHTTPRequestHandler], None]
 class LoopbackServer:
     """Routes by path; `hits` records every path requested, in order."""
 
-    def __init__(self, routes: dict[str, Route]) -> None:
+    def __init__(self, routes: dict[str, Route], keep_alive: bool = False) -> None:
         self.routes = routes
         self.hits: list[str] = []
         self.headers_seen: list[dict[str, str]] = []
         server = self
 
         class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1" if keep_alive else "HTTP/1.0"
+
             def do_GET(self) -> None:
                 server.hits.append(self.path)
                 server.headers_seen.append(dict(self.headers.items()))
@@ -45,8 +47,9 @@ class LoopbackServer:
 
 
 @contextmanager
-def serve(routes: dict[str, Route]) -> Iterator[LoopbackServer]:
-    server = LoopbackServer(routes)
+def serve(routes: dict[str, Route], keep_alive: bool = False) -> Iterator[LoopbackServer]:
+    """Serve `routes`; with `keep_alive` the server speaks HTTP/1.1 and keeps connections open."""
+    server = LoopbackServer(routes, keep_alive)
     server.start()
     try:
         yield server

@@ -129,18 +129,30 @@ def test_connection_refused_is_a_retryable_failure() -> None:
     assert not result.ok and result.retryable and result.error.startswith("connection failed")
 
 
-def test_a_keep_alive_connection_closed_by_the_server_is_retried_quietly() -> None:
+def test_successive_requests_work_when_the_server_drops_a_kept_alive_connection() -> None:
     from http.server import BaseHTTPRequestHandler as Handler
 
     def close_after_reply(handler: Handler) -> None:
-        handler.protocol_version = "HTTP/1.1"
         handler.send_response(200)
         handler.send_header("Content-Length", str(len(PAGE)))
         handler.end_headers()  # no "Connection: close": the client pools the connection ...
         handler.wfile.write(PAGE)
         handler.close_connection = True  # ... which the server then drops
 
-    with serve({"/ok": close_after_reply}) as server:
+    with serve({"/ok": close_after_reply}, keep_alive=True) as server:
         http = client()
         results = [http.get(f"{server.base_url}/ok") for _ in range(3)]
     assert all(r.ok and r.body == PAGE for r in results), [r.error for r in results]
+
+
+def test_an_unread_error_body_does_not_leak_into_the_next_response() -> None:
+    routes = {"/missing": respond(404, b"<!DOCTYPE html><p>not here</p>" * 50), "/ok": respond(200, PAGE),
+              "/moved": respond(301, b"<p>moved</p>", headers={"Location": "/ok"})}
+    with serve(routes, keep_alive=True) as server:
+        http = client(page_concurrency=1)  # one pooled connection, reused for every request
+        missing = http.get(f"{server.base_url}/missing")
+        after_error = http.get(f"{server.base_url}/ok")
+        after_redirect = http.get(f"{server.base_url}/moved")
+    assert missing.error == "HTTP 404"
+    assert after_error.ok and after_error.body == PAGE, after_error.error
+    assert after_redirect.ok and after_redirect.body == PAGE, after_redirect.error
