@@ -6,12 +6,12 @@ import logging
 import multiprocessing
 import time
 from collections.abc import Callable, Iterable, Sequence
-from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor, as_completed
+from concurrent.futures import Future, ProcessPoolExecutor, ThreadPoolExecutor, as_completed
 from datetime import UTC, datetime, timedelta
 from functools import cache
 from pathlib import Path
 
-from sqlalchemy import Engine
+from sqlalchemy import Engine, text
 
 from pipeline import store
 from pipeline.db import engine_for, forget_engines
@@ -26,7 +26,8 @@ from pipeline.topics import Taxonomy, load_taxonomy
 
 LOGGER = logging.getLogger(__name__)
 
-PROCESS_CHUNK = 25
+PROCESS_CHUNK = 25  # articles per load transaction
+HANDOVER_CHUNK = 5  # fetched pages per write, and per hand-over to a worker process
 PAGE_ACCEPT = "text/html,application/xhtml+xml;q=0.9,*/*;q=0.5"
 Progress = Callable[[int], None]
 
@@ -93,11 +94,13 @@ def fetch_feeds(
     since: datetime,
     until: datetime,
     progress: Progress | None = None,
+    on_stored: Callable[[list[int]], None] | None = None,
 ) -> dict[str, float]:
     """Poll each feed, queue its items, then fetch the pages of queued items published in the interval.
 
     Every item a feed lists is stored, so a later backfill of its date finds it even after the feed has
-    dropped it. A failing feed or page is recorded and the others go on.
+    dropped it. A failing feed or page is recorded and the others go on. `on_stored` is called with the
+    entry ids of each committed chunk of pages, so a caller can start extracting them while fetching goes on.
     """
     counts = {"feeds_polled": 0, "feeds_failed": 0, "entries_seen": 0, "entries_new": 0, "pages_fetched": 0,
               "pages_failed": 0, "fetch_seconds": 0.0}
@@ -137,7 +140,7 @@ def fetch_feeds(
                 LOGGER.warning("feed %s: %s: %s", feed.url, status, error)
         with engine.begin() as conn:
             wanted = store.entries_to_fetch(conn, feed_ids, settings.max_page_attempts, window_start, until)
-        fetched, failed = _fetch_pages(engine, client, settings, run_id, wanted, progress)
+        fetched, failed = _fetch_pages(engine, client, settings, run_id, wanted, progress, on_stored)
     counts["pages_fetched"] += fetched
     counts["pages_failed"] += failed
     counts["fetch_seconds"] = time.monotonic() - started
@@ -154,13 +157,18 @@ def _fetch_pages(
     run_id: int,
     wanted: Sequence[store.PendingEntry],
     progress: Progress | None,
+    on_stored: Callable[[list[int]], None] | None,
 ) -> tuple[int, int]:
     """Fetch pages on a few threads; results are written a chunk per transaction as they arrive."""
     fetched = failed = 0
     done: list[tuple[store.PendingEntry, FetchResult]] = []
 
     def flush() -> None:
+        # rows locked in id order: overlapping runs writing the same entries cannot deadlock
+        done.sort(key=lambda pair: pair[0].id)
         with engine.begin() as conn:
+            # a page lost to a server crash before the WAL flush is simply fetched again by the next run
+            conn.execute(text("SET LOCAL synchronous_commit = off"))
             for entry, result in done:
                 if result.ok:
                     store.store_page(conn, entry.id, run_id, result)
@@ -169,6 +177,8 @@ def _fetch_pages(
                                             retryable=result.retryable)
         if progress:
             progress(len(done))
+        if on_stored:
+            on_stored([entry.id for entry, result in done if result.ok])
         done.clear()
 
     with ThreadPoolExecutor(max_workers=max(1, settings.page_concurrency)) as pool:
@@ -178,11 +188,14 @@ def _fetch_pages(
             done.append((futures[future], result))
             fetched += result.ok
             failed += not result.ok
-            if len(done) >= PROCESS_CHUNK:
+            if len(done) >= HANDOVER_CHUNK:
                 flush()
     if done:
         flush()
     return fetched, failed
+
+
+_SYNCED_TOPICS: set[tuple[str, str]] = set()
 
 
 @cache
@@ -232,8 +245,11 @@ def process_entries(
     counts = {"extraction_failures": 0, "duplicates": 0, "loaded": 0, "tagged": 0, "extract_seconds": 0.0,
               "tag_seconds": 0.0, "load_seconds": 0.0}
     taxonomy = _taxonomy(settings.taxonomy_path)
-    with engine.begin() as conn:
-        sync_topics(conn, taxonomy)
+    synced = (engine.url.render_as_string(hide_password=True), taxonomy.version)
+    if synced not in _SYNCED_TOPICS:  # once per process and database, not once per chunk
+        with engine.begin() as conn:
+            sync_topics(conn, taxonomy)
+        _SYNCED_TOPICS.add(synced)
     for offset in range(0, len(entry_ids), PROCESS_CHUNK):
         chunk = entry_ids[offset:offset + PROCESS_CHUNK]
         with engine.begin() as conn:
@@ -242,7 +258,8 @@ def process_entries(
         failures: list[tuple[int, str]] = []
         for page in pages:
             tick = time.perf_counter()
-            extraction = extract(page.body, page.final_url, min_words=settings.min_words)
+            extraction = extract(page.body, page.final_url, min_words=settings.min_words,
+                                 content_type=page.content_type)
             counts["extract_seconds"] += time.perf_counter() - tick
             if not extraction.ok:
                 failures.append((page.entry_id, extraction.error or "extraction failed"))
@@ -310,36 +327,68 @@ def run_interval(
     trigger: str = "cli",
     progress: Callable[[str, int], Progress] | None = None,
 ) -> tuple[int, dict[str, float]]:
-    """A whole pass without Airflow: plan, fetch every batch, process on `settings.workers` processes."""
+    """A whole pass without Airflow. With `settings.workers` > 1, worker processes extract, tag and load each
+    chunk of pages as soon as the fetch stage has stored it, so fetching overlaps extraction."""
     run_id = open_run(engine, run_key, trigger, since, until)
     batches = feed_batches(engine, settings)
+    all_feeds = [feed_id for batch in batches for feed_id in batch]
     parts: list[dict[str, float]] = []
+    with engine.begin() as conn:
+        queued = len(store.entries_to_fetch(conn, all_feeds, settings.max_page_attempts,
+                                            since - settings.lookback, until))
+    fetch_progress = progress("fetch", queued) if progress else None
+    process_progress = progress("process", queued) if progress else None
     try:
-        all_feeds = [feed_id for batch in batches for feed_id in batch]
-        with engine.begin() as conn:
-            queued = len(store.entries_to_fetch(conn, all_feeds, settings.max_page_attempts,
-                                                since - settings.lookback, until))
-        fetch_progress = progress("fetch", queued) if progress else None
-        for batch in batches:
-            parts.append(fetch_feeds(engine, settings, run_id, batch, since, until, fetch_progress))
-        with engine.begin() as conn:
-            entry_ids = store.fetched_entry_ids(conn, all_feeds)
-        process_progress = progress("process", len(entry_ids)) if progress else None
-        chunks = [entry_ids[i:i + PROCESS_CHUNK] for i in range(0, len(entry_ids), PROCESS_CHUNK)]
-        if settings.workers > 1 and len(chunks) > 1:
-            url = engine.url.render_as_string(hide_password=False)
-            engine.dispose()
-            context = multiprocessing.get_context("fork")
-            with ProcessPoolExecutor(settings.workers, mp_context=context,
-                                     initializer=_forget_inherited_pools) as pool:
-                futures = [pool.submit(_process_in_child, url, settings, run_id, chunk) for chunk in chunks]
-                for future, chunk in zip(futures, chunks, strict=True):
-                    parts.append(future.result())
-                    if process_progress:
-                        process_progress(len(chunk))
+        if settings.workers > 1:
+            parts += _fetch_and_process_in_parallel(engine, settings, run_id, batches, since, until,
+                                                    fetch_progress, process_progress)
         else:
+            for batch in batches:
+                parts.append(fetch_feeds(engine, settings, run_id, batch, since, until, fetch_progress))
+            with engine.begin() as conn:
+                entry_ids = store.fetched_entry_ids(conn, all_feeds)
             parts.append(process_entries(engine, settings, run_id, entry_ids, process_progress))
     except Exception as exc:
         end_run(engine, run_id, parts, error=f"{type(exc).__name__}: {exc}")
         raise
     return run_id, end_run(engine, run_id, parts)
+
+
+def _fetch_and_process_in_parallel(
+    engine: Engine,
+    settings: Settings,
+    run_id: int,
+    batches: list[list[int]],
+    since: datetime,
+    until: datetime,
+    fetch_progress: Progress | None,
+    process_progress: Progress | None,
+) -> list[dict[str, float]]:
+    url = engine.url.render_as_string(hide_password=False)
+    engine.dispose()  # the children must not inherit open connections
+    context = multiprocessing.get_context("fork")
+    parts: list[dict[str, float]] = []
+    with ProcessPoolExecutor(settings.workers, mp_context=context, initializer=_forget_inherited_pools) as pool:
+        # start every worker now, before the fetch threads exist: forking beside running threads is unsafe
+        for warm in [pool.submit(int) for _ in range(settings.workers)]:
+            warm.result()
+        submitted: list[tuple[Future[dict[str, float]], int]] = []
+        handed_over: set[int] = set()
+
+        def hand_over(entry_ids: list[int]) -> None:
+            if entry_ids:
+                handed_over.update(entry_ids)
+                submitted.append((pool.submit(_process_in_child, url, settings, run_id, entry_ids), len(entry_ids)))
+
+        for batch in batches:
+            parts.append(fetch_feeds(engine, settings, run_id, batch, since, until, fetch_progress, hand_over))
+        with engine.begin() as conn:  # pages fetched by an earlier run that never got processed
+            leftovers = [i for i in store.fetched_entry_ids(conn, [f for b in batches for f in b])
+                         if i not in handed_over]
+        for offset in range(0, len(leftovers), PROCESS_CHUNK):
+            hand_over(leftovers[offset:offset + PROCESS_CHUNK])
+        for future, size in submitted:
+            parts.append(future.result())
+            if process_progress:
+                process_progress(size)
+    return parts

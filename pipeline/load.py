@@ -15,7 +15,9 @@ from pipeline.topics import Taxonomy
 
 LOGGER = logging.getLogger(__name__)
 
-COMPARED_FIELDS = ("title", "author", "published_at", "language", "content_hash", "url")
+# what makes a stored article "changed"; the URL is not among them: another URL of the same article (a feed
+# link with other parameters, an AMP copy) is a duplicate, and the row keeps the URL it was first seen at
+COMPARED_FIELDS = ("title", "author", "published_at", "language", "content_hash")
 
 
 @dataclass(frozen=True)
@@ -88,8 +90,10 @@ def load_articles(
         return outcome
     keys = sorted({lock_key("url", i.article.canonical_url) for i in items}
                   | {lock_key("hash", i.article.content_hash) for i in items})
-    for key in keys:
-        conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": key})
+    # one round trip; WITH ORDINALITY keeps the sorted order, so every batch locks in the same order
+    conn.execute(text(
+        "SELECT count(pg_advisory_xact_lock(k.key)) FROM unnest(CAST(:keys AS bigint[])) WITH ORDINALITY AS k(key, n)"
+    ), {"keys": keys})
 
     by_url = {row.canonical_url: row for row in conn.execute(text(
         "SELECT id, canonical_url, url, title, author, published_at, language, content_hash FROM articles "
@@ -115,10 +119,10 @@ def load_articles(
                 outcome.tagged += bool(article.topics)
                 status = "loaded"
             else:
+                # another feed item (another feed, another URL) pointing at an article already stored
                 outcome.unchanged += 1
-                # the same page again (a rerun) is not a duplicate; another entry pointing at it is
-                status = "loaded" if known.url == article.url else "duplicate"
-                outcome.duplicates += status == "duplicate"
+                outcome.duplicates += 1
+                status = "duplicate"
             loaded_in_batch[article.canonical_url] = int(known.id)
             by_hash.setdefault(article.content_hash, int(known.id))
             _mark_entry(conn, item.entry_id, run_id, status, int(known.id))
@@ -167,7 +171,7 @@ def _insert_article(conn: Connection, article: Article, run_id: int, extractor_v
 def _update_article(conn: Connection, article_id: int, article: Article, run_id: int,
                     extractor_version: str) -> None:
     conn.execute(text(
-        "UPDATE articles SET url = :url, title = :title, author = :author, published_at = :published_at, "
+        "UPDATE articles SET title = :title, author = :author, published_at = :published_at, "
         "  language = :language, source = :source, source_id = :source_id, body = :body, "
         "  word_count = :word_count, content_hash = :content_hash, extractor_version = :extractor_version, "
         "  last_run_id = :run_id, updated_at = now() "

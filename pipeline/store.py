@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import zlib
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -19,6 +20,7 @@ RUN_COUNTERS = (
     "feeds_polled", "feeds_failed", "entries_seen", "entries_new", "pages_fetched", "pages_failed",
     "extraction_failures", "duplicates", "loaded", "tagged",
 )
+PAGE_ZLIB_LEVEL = 1  # fastest level: pages are stored once and read once or twice
 RUN_TIMERS = ("fetch_seconds", "extract_seconds", "tag_seconds", "load_seconds")
 
 
@@ -55,6 +57,7 @@ class FetchedPage:
     published_at: datetime | None
     source: str
     source_id: int
+    content_type: str | None
     body: bytes
 
 
@@ -167,24 +170,28 @@ def entry_key(entry: FeedEntry) -> str:
 
 
 def upsert_entries(conn: Connection, feed_id: int, run_id: int, entries: Iterable[FeedEntry]) -> int:
-    """Queue feed items not seen before; returns how many were new. Known items are left as they are."""
-    rows = [
-        {"feed_id": feed_id, "key": entry_key(e), "url": e.url, "guid": e.guid, "title": e.title,
-         "author": e.author, "published_at": e.published_at, "run_id": run_id}
-        for e in entries
-    ]
-    if not rows:
+    """Queue feed items not seen before, in one statement; returns how many were new. Known items are left
+    as they are."""
+    unique: dict[str, FeedEntry] = {}
+    for entry in entries:
+        unique.setdefault(entry_key(entry), entry)  # a feed listing an item twice queues it once
+    if not unique:
         return 0
-    new = 0
-    for row in rows:
-        result = conn.execute(text(
-            "INSERT INTO feed_entries (feed_id, entry_key, url, guid, title, author, published_at, "
-            "  first_run_id, last_run_id) "
-            "VALUES (:feed_id, :key, :url, :guid, :title, :author, :published_at, :run_id, :run_id) "
-            "ON CONFLICT (feed_id, entry_key) DO NOTHING"
-        ), row)
-        new += result.rowcount
-    return new
+    result = conn.execute(text(
+        "INSERT INTO feed_entries (feed_id, entry_key, url, guid, title, author, published_at, first_run_id, "
+        "  last_run_id) "
+        "SELECT :feed_id, e.key, e.url, e.guid, e.title, e.author, e.published_at, :run_id, :run_id "
+        "FROM unnest(CAST(:keys AS text[]), CAST(:urls AS text[]), CAST(:guids AS text[]), CAST(:titles AS text[]), "
+        "  CAST(:authors AS text[]), CAST(:published AS timestamptz[])) "
+        "  AS e(key, url, guid, title, author, published_at) "
+        "ON CONFLICT (feed_id, entry_key) DO NOTHING"
+    ), {
+        "feed_id": feed_id, "run_id": run_id, "keys": list(unique),
+        "urls": [e.url for e in unique.values()], "guids": [e.guid for e in unique.values()],
+        "titles": [e.title for e in unique.values()], "authors": [e.author for e in unique.values()],
+        "published": [e.published_at for e in unique.values()],
+    })
+    return result.rowcount
 
 
 def entries_to_fetch(
@@ -202,14 +209,15 @@ def entries_to_fetch(
 
 
 def store_page(conn: Connection, entry_id: int, run_id: int, result: FetchResult) -> None:
+    """Keep a fetched page (zlib-compressed) and move its entry on to extraction."""
     conn.execute(text(
-        "INSERT INTO pages (entry_id, url, final_url, http_status, content_type, body) "
-        "VALUES (:entry_id, :url, :final_url, :http_status, :content_type, :body) "
+        "INSERT INTO pages (entry_id, url, final_url, http_status, content_type, body_encoding, body) "
+        "VALUES (:entry_id, :url, :final_url, :http_status, :content_type, 'zlib', :body) "
         "ON CONFLICT (entry_id) DO UPDATE SET url = excluded.url, final_url = excluded.final_url, "
         "  http_status = excluded.http_status, content_type = excluded.content_type, "
-        "  fetched_at = now(), body = excluded.body"
+        "  fetched_at = now(), body_encoding = excluded.body_encoding, body = excluded.body"
     ), {"entry_id": entry_id, "url": result.url, "final_url": result.final_url, "http_status": result.status,
-        "content_type": result.headers.get("content-type"), "body": result.body})
+        "content_type": result.headers.get("content-type"), "body": zlib.compress(result.body, PAGE_ZLIB_LEVEL)})
     conn.execute(text(
         "UPDATE feed_entries SET status = 'fetched', attempts = attempts + 1, retryable = false, error = NULL, "
         "  last_run_id = :run_id, updated_at = now() WHERE id = :entry_id"
@@ -236,11 +244,18 @@ def fetched_entry_ids(conn: Connection, feed_ids: Sequence[int]) -> list[int]:
 
 
 def fetched_pages(conn: Connection, entry_ids: Sequence[int]) -> list[FetchedPage]:
+    """The stored pages of these entries (still waiting for extraction), decompressed."""
     rows = conn.execute(text(
         "SELECT e.id AS entry_id, e.url AS entry_url, p.final_url, e.title, e.author, e.published_at, "
-        "       s.name AS source, s.id AS source_id, p.body "
+        "       s.name AS source, s.id AS source_id, p.content_type, p.body_encoding, p.body "
         "FROM feed_entries e JOIN pages p ON p.entry_id = e.id JOIN feeds f ON f.id = e.feed_id "
         "JOIN sources s ON s.id = f.source_id "
         "WHERE e.id = ANY(:ids) AND e.status = 'fetched' ORDER BY e.published_at NULLS LAST, e.id"
     ), {"ids": list(entry_ids)})
-    return [FetchedPage(**{**row._mapping, "body": bytes(row.body)}) for row in rows]
+    pages = []
+    for row in rows:
+        fields = dict(row._mapping)
+        encoding = fields.pop("body_encoding")
+        fields["body"] = zlib.decompress(row.body) if encoding == "zlib" else bytes(row.body)
+        pages.append(FetchedPage(**fields))
+    return pages
