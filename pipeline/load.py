@@ -180,20 +180,22 @@ def _update_article(conn: Connection, article_id: int, article: Article, run_id:
 
 
 def _replace_topics(conn: Connection, article_id: int, hits: Sequence[TopicHit], taxonomy_version: str) -> None:
-    """Make the article's topic rows equal to `hits`; rows that would not change are not touched."""
+    """Make the article's topic rows equal to `hits`, in one statement; rows that would not change are not
+    touched, so a rerun leaves their tagged_at as it was."""
     conn.execute(text(
-        "DELETE FROM article_topics WHERE article_id = :id AND NOT (topic_id = ANY(:keep))"
-    ), {"id": article_id, "keep": [hit.topic_id for hit in hits]})
-    for hit in hits:
-        conn.execute(text(
-            "INSERT INTO article_topics (article_id, topic_id, score, evidence, taxonomy_version) "
-            "VALUES (:id, :topic, :score, CAST(:evidence AS jsonb), :version) "
-            "ON CONFLICT (article_id, topic_id) DO UPDATE SET score = excluded.score, "
-            "  evidence = excluded.evidence, taxonomy_version = excluded.taxonomy_version, tagged_at = now() "
-            "WHERE (article_topics.score, article_topics.evidence, article_topics.taxonomy_version) "
-            "  IS DISTINCT FROM (excluded.score, excluded.evidence, excluded.taxonomy_version)"
-        ), {"id": article_id, "topic": hit.topic_id, "score": hit.score,
-            "evidence": json.dumps(hit.evidence, sort_keys=True), "version": taxonomy_version})
+        "WITH wanted AS ("
+        "  SELECT * FROM unnest(CAST(:topics AS text[]), CAST(:scores AS float8[]), CAST(:evidence AS jsonb[]))"
+        "    AS w(topic_id, score, evidence)), "
+        "removed AS ("
+        "  DELETE FROM article_topics WHERE article_id = :id AND NOT (topic_id = ANY(CAST(:topics AS text[])))) "
+        "INSERT INTO article_topics (article_id, topic_id, score, evidence, taxonomy_version) "
+        "SELECT :id, topic_id, score, evidence, :version FROM wanted "
+        "ON CONFLICT (article_id, topic_id) DO UPDATE SET score = excluded.score, "
+        "  evidence = excluded.evidence, taxonomy_version = excluded.taxonomy_version, tagged_at = now() "
+        "WHERE (article_topics.score, article_topics.evidence, article_topics.taxonomy_version) "
+        "  IS DISTINCT FROM (excluded.score, excluded.evidence, excluded.taxonomy_version)"
+    ), {"id": article_id, "topics": [hit.topic_id for hit in hits], "scores": [hit.score for hit in hits],
+        "evidence": [json.dumps(hit.evidence, sort_keys=True) for hit in hits], "version": taxonomy_version})
 
 
 def _mark_entry(conn: Connection, entry_id: int, run_id: int, status: str, article_id: int) -> None:

@@ -209,19 +209,20 @@ def entries_to_fetch(
 
 
 def store_page(conn: Connection, entry_id: int, run_id: int, result: FetchResult) -> None:
-    """Keep a fetched page (zlib-compressed) and move its entry on to extraction."""
+    """Keep a fetched page (zlib-compressed) and move its entry on to extraction, in one statement."""
     conn.execute(text(
-        "INSERT INTO pages (entry_id, url, final_url, http_status, content_type, body_encoding, body) "
-        "VALUES (:entry_id, :url, :final_url, :http_status, :content_type, 'zlib', :body) "
-        "ON CONFLICT (entry_id) DO UPDATE SET url = excluded.url, final_url = excluded.final_url, "
-        "  http_status = excluded.http_status, content_type = excluded.content_type, "
-        "  fetched_at = now(), body_encoding = excluded.body_encoding, body = excluded.body"
-    ), {"entry_id": entry_id, "url": result.url, "final_url": result.final_url, "http_status": result.status,
-        "content_type": result.headers.get("content-type"), "body": zlib.compress(result.body, PAGE_ZLIB_LEVEL)})
-    conn.execute(text(
+        "WITH page AS ("
+        "  INSERT INTO pages (entry_id, url, final_url, http_status, content_type, body_encoding, body) "
+        "  VALUES (:entry_id, :url, :final_url, :http_status, :content_type, 'zlib', :body) "
+        "  ON CONFLICT (entry_id) DO UPDATE SET url = excluded.url, final_url = excluded.final_url, "
+        "    http_status = excluded.http_status, content_type = excluded.content_type, "
+        "    fetched_at = now(), body_encoding = excluded.body_encoding, body = excluded.body "
+        "  RETURNING entry_id) "
         "UPDATE feed_entries SET status = 'fetched', attempts = attempts + 1, retryable = false, error = NULL, "
-        "  last_run_id = :run_id, updated_at = now() WHERE id = :entry_id"
-    ), {"entry_id": entry_id, "run_id": run_id})
+        "  last_run_id = :run_id, updated_at = now() WHERE id = (SELECT entry_id FROM page)"
+    ), {"entry_id": entry_id, "run_id": run_id, "url": result.url, "final_url": result.final_url,
+        "http_status": result.status, "content_type": result.headers.get("content-type"),
+        "body": zlib.compress(result.body, PAGE_ZLIB_LEVEL)})
 
 
 def mark_entry_failed(
