@@ -46,7 +46,9 @@ airflow: $(INSTALLED)  ## full local Airflow (standalone: UI + scheduler) on the
 	$(BIN)/python scripts/airflow_local.py
 
 constraints: $(INSTALLED)  ## rewrite constraints.txt from the working environment
-	$(BIN)/python -m pip freeze --exclude-editable | grep -v '^-e ' > constraints.txt
+	{ echo "# The full tested pin set: \`pip install -r requirements-dev.txt -c constraints.txt\` resolves exactly these."; \
+	  echo "# Made from a working environment with \`make constraints\`; regenerate it after changing requirements*.txt."; \
+	  $(BIN)/python -m pip freeze --exclude-editable | grep -v '^-e '; } > constraints.txt
 
 stop:  ## stop the embedded PostgreSQL server
 	-$(BIN)/python -m pipeline db stop
