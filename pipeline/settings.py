@@ -77,8 +77,8 @@ class Settings:
     lookback: timedelta = field(
         default=timedelta(hours=6),
         metadata=_doc(
-            "Entries published this long before the interval start are kept too, so items that reach a feed "
-            "late are not lost between runs. ISO-free format: hours as a number.",
+            "Hours before the interval start whose entries a run also keeps, so items that reach a feed late "
+            "are not lost between runs (re-seen items are never fetched twice).",
             "NEWS_LOOKBACK_HOURS",
         ),
     )
@@ -96,7 +96,8 @@ class Settings:
     )
     workers: int = field(
         default=max(1, min(4, os.cpu_count() or 1)),
-        metadata=_doc("Processes used by `python -m pipeline run` (Airflow maps tasks instead).", "NEWS_WORKERS"),
+        metadata=_doc("Extraction processes of `python -m pipeline run` (default: the CPU count, at most 4); "
+                      "Airflow maps tasks instead.", "NEWS_WORKERS"),
     )
     schedule: str = field(
         default="@hourly",
