@@ -138,18 +138,22 @@ CREATE TABLE feed_entries (
 CREATE INDEX feed_entries_feed_status_idx ON feed_entries (feed_id, status);
 CREATE INDEX feed_entries_article_idx ON feed_entries (article_id);
 
--- The bytes of each fetched page, kept so extraction can be re-run without the network.
+-- The bytes of each fetched page, kept so extraction can be re-run without the network. The client compresses
+-- them (zlib, faster and smaller than the server's pglz), so the column skips server-side compression.
 CREATE TABLE pages (
-    entry_id      bigint      NOT NULL,
-    url           text        NOT NULL,
-    final_url     text        NOT NULL,
-    http_status   integer,
-    content_type  text,
-    fetched_at    timestamptz NOT NULL DEFAULT now(),
-    body          bytea       NOT NULL,
+    entry_id          bigint      NOT NULL,
+    url               text        NOT NULL,
+    final_url         text        NOT NULL,
+    http_status       integer,
+    content_type      text,
+    fetched_at        timestamptz NOT NULL DEFAULT now(),
+    body_encoding     text        NOT NULL DEFAULT 'zlib',
+    body              bytea       NOT NULL,
     CONSTRAINT pages_pkey PRIMARY KEY (entry_id),
-    CONSTRAINT pages_entry_fkey FOREIGN KEY (entry_id) REFERENCES feed_entries (id) ON DELETE CASCADE
+    CONSTRAINT pages_entry_fkey FOREIGN KEY (entry_id) REFERENCES feed_entries (id) ON DELETE CASCADE,
+    CONSTRAINT pages_body_encoding_check CHECK (body_encoding IN ('zlib', 'identity'))
 );
+ALTER TABLE pages ALTER COLUMN body SET STORAGE EXTERNAL;
 
 CREATE TABLE topics (
     id                text        NOT NULL,
