@@ -195,8 +195,8 @@ def measure_rounds(rounds: int, baseline: Callable[[], dict[str, Any]], candidat
 
     candidate_median = median_run(candidates)
     # each round's ratio compares two runs made back to back; their median is the figure we report
-    candidate_median["round_ratios"] = [
-        round((c["processed"] / c["seconds"]) / b["pages_per_s"], 3) for b, c in zip(baselines, candidates, strict=True)]
+    candidate_median["round_ratios"] = [round((c["processed"] / c["seconds"]) / b["pages_per_s"], 3)
+                                        for b, c in zip(baselines, candidates, strict=True)]
     return median_run(baselines), candidate_median
 
 

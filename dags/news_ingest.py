@@ -32,8 +32,8 @@ SETTINGS = Settings.from_env()
 
 DEFAULT_ARGS = {
     "owner": "news-ingest",
-    "retries": 3,
-    "retry_delay": timedelta(minutes=1),
+    "retries": SETTINGS.task_retries,
+    "retry_delay": SETTINGS.retry_delay,
     "retry_exponential_backoff": True,
     "max_retry_delay": timedelta(minutes=15),
     "execution_timeout": timedelta(minutes=45),

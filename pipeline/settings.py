@@ -104,6 +104,15 @@ class Settings:
         metadata=_doc("Schedule of the news_ingest DAG (cron expression or preset); each run covers the interval "
                       "from the previous tick to its own.", "NEWS_SCHEDULE"),
     )
+    task_retries: int = field(
+        default=3, metadata=_doc("Retries of a failed news_ingest task (0 allowed), with exponential backoff.",
+                                 "NEWS_TASK_RETRIES")
+    )
+    retry_delay: timedelta = field(
+        default=timedelta(minutes=1),
+        metadata=_doc("Seconds before a failed task's first retry; later retries back off up to 15 minutes.",
+                      "NEWS_RETRY_DELAY_SECONDS"),
+    )
     max_active_runs: int = field(
         default=4, metadata=_doc("Runs of news_ingest allowed at once (backfills included).",
                                  "NEWS_MAX_ACTIVE_RUNS")
@@ -138,8 +147,8 @@ def _parse(name: str, env: str, raw: str) -> object:
             return _BOOL_WORDS[raw.lower()]
         if isinstance(default, int):
             value = int(raw)
-            if value < 1:
-                raise ValueError("must be at least 1")
+            if value < (0 if name == "task_retries" else 1):
+                raise ValueError("must be at least 1" if name != "task_retries" else "must not be negative")
             return value
         if isinstance(default, float):
             value = float(raw)
@@ -147,7 +156,10 @@ def _parse(name: str, env: str, raw: str) -> object:
                 raise ValueError("must be positive")
             return value
         if isinstance(default, timedelta):
-            return timedelta(hours=float(raw))
+            amount = float(raw)
+            if amount < 0:
+                raise ValueError("must not be negative")
+            return timedelta(seconds=amount) if env.endswith("_SECONDS") else timedelta(hours=amount)
         if name in ("data_dir", "taxonomy_path"):
             return Path(raw).expanduser()
         return raw
@@ -161,7 +173,8 @@ def describe() -> list[tuple[str, str, str]]:
     for spec in fields(Settings):
         default = spec.default
         if isinstance(default, timedelta):
-            shown = str(default.total_seconds() / 3600).removesuffix(".0")
+            seconds = default.total_seconds()
+            shown = str(seconds if spec.metadata["env"].endswith("_SECONDS") else seconds / 3600).removesuffix(".0")
         elif isinstance(default, Path):
             inside = default.is_relative_to(PROJECT_ROOT)
             shown = f"./{default.relative_to(PROJECT_ROOT)}" if inside else str(default)

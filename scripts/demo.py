@@ -36,6 +36,8 @@ def airflow_env(settings: Settings, database_url: str) -> dict[str, str]:
         "NEWS_DATABASE_URL": database_url,
         "NEWS_DATA_DIR": str(settings.data_dir),
         "NEWS_ALLOW_PRIVATE_ADDRESSES": "true",
+        # a demo should fail fast with its reason rather than sit out Airflow's retry delays
+        "NEWS_TASK_RETRIES": os.environ.get("NEWS_TASK_RETRIES", "0"),
     }
 
 

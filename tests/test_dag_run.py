@@ -30,9 +30,10 @@ def airflow_env(database_url: str, tmp_path: Path):
     connections = tmp_path / "connections.json"
     url = make_url(database_url).set(drivername="postgresql").render_as_string(hide_password=False)
     connections.write_text(json.dumps({"news_db": url}), encoding="utf-8")
-    saved = {k: os.environ.get(k) for k in ("NEWS_DATABASE_URL", "NEWS_ALLOW_PRIVATE_ADDRESSES")}
+    saved = {k: os.environ.get(k) for k in ("NEWS_DATABASE_URL", "NEWS_ALLOW_PRIVATE_ADDRESSES", "NEWS_TASK_RETRIES")}
     os.environ["NEWS_DATABASE_URL"] = "postgresql://nobody@/unreachable?host=/nonexistent"
     os.environ["NEWS_ALLOW_PRIVATE_ADDRESSES"] = "true"
+    os.environ["NEWS_TASK_RETRIES"] = "0"  # a failing task fails the run at once instead of waiting to retry
     yield connections
     for key, value in saved.items():
         if value is None:
