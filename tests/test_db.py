@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import threading
 from pathlib import Path
 
 import pytest
@@ -11,6 +10,7 @@ from sqlalchemy.engine import make_url
 
 from pipeline import db
 from pipeline.settings import Settings
+from tests.concurrency import run_together
 
 
 def test_every_migration_is_recorded_once(engine: Engine) -> None:
@@ -53,20 +53,7 @@ def test_concurrent_migrators_apply_each_migration_once(database_url: str, tmp_p
     with engine.begin() as conn:
         conn.execute(text("CREATE SCHEMA scratch"))
     engine = create_engine(database_url, connect_args={"options": "-csearch_path=scratch"})
-    errors: list[BaseException] = []
-
-    def run() -> None:
-        try:
-            db.migrate(engine, tmp_path)
-        except BaseException as exc:  # collected and asserted below
-            errors.append(exc)
-
-    threads = [threading.Thread(target=run) for _ in range(4)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    assert errors == []
+    assert run_together([lambda: db.migrate(engine, tmp_path)] * 4) == []
     with engine.connect() as conn:
         assert conn.execute(text("SELECT count(*) FROM scratch.counter")).scalar_one() == 1
     engine.dispose()

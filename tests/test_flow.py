@@ -9,6 +9,7 @@ from sqlalchemy import Engine, text
 
 from pipeline import demosite, flow
 from pipeline.settings import Settings
+from tests.concurrency import run_together
 
 WEEK_START = datetime(2026, 11, 2, tzinfo=UTC)
 WEEK_END = datetime(2026, 11, 9, tzinfo=UTC)
@@ -140,24 +141,10 @@ def test_a_run_keeps_only_entries_published_in_its_interval(
 def test_overlapping_runs_in_parallel_do_not_duplicate(
     engine: Engine, settings: Settings, site: demosite.DemoSite, demo_base_url: str
 ) -> None:
-    import threading
-
     _register(engine, site, demo_base_url, include_broken=False)
-    errors: list[BaseException] = []
-
-    def run(key: str, since: datetime) -> None:
-        try:
-            _run(engine, settings, key, since, WEEK_END)
-        except BaseException as exc:  # collected and asserted below
-            errors.append(exc)
-
-    threads = [threading.Thread(target=run, args=(f"overlap-{i}", WEEK_START + timedelta(days=i)))
-               for i in range(3)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    assert errors == []
+    runs = [lambda i=i: _run(engine, settings, f"overlap-{i}", WEEK_START + timedelta(days=i), WEEK_END)
+            for i in range(3)]
+    assert run_together(runs) == []
     with engine.connect() as conn:
         stored = conn.execute(text("SELECT count(*) FROM articles")).scalar_one()
         hashes = conn.execute(text("SELECT count(DISTINCT content_hash) FROM articles")).scalar_one()
