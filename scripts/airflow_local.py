@@ -45,6 +45,8 @@ def main() -> int:
         "AIRFLOW__API__PORT": PORT,
         "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"http://127.0.0.1:{PORT}/execution/",
         "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
+        # standalone starts its components as `airflow ...` subprocesses: they must find this venv's airflow
+        "PATH": os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")]),
     }
     print(f"Airflow UI:      http://127.0.0.1:{PORT}  (user admin)")
     print(f"Admin password:  {home / 'simple_auth_manager_passwords.json.generated'} (written on first start)")
