@@ -149,3 +149,20 @@ def test_overlapping_runs_in_parallel_do_not_duplicate(
         stored = conn.execute(text("SELECT count(*) FROM articles")).scalar_one()
         hashes = conn.execute(text("SELECT count(DISTINCT content_hash) FROM articles")).scalar_one()
     assert stored == hashes == site.expected["counts"]["after_exact_dedupe"]
+
+
+def test_interval_comes_from_the_data_interval_or_explicit_bounds() -> None:
+    start, end = datetime(2026, 11, 3, 10, tzinfo=UTC), datetime(2026, 11, 3, 11, tzinfo=UTC)
+    assert flow.resolve_interval(start, end) == (start, end)
+    assert flow.resolve_interval(end, end) == (end - timedelta(hours=24), end)  # a manual run's empty interval
+    assert flow.resolve_interval(start, end, since="2026-11-02T00:00:00Z", until="2026-11-09") == (
+        datetime(2026, 11, 2, tzinfo=UTC), datetime(2026, 11, 9, tzinfo=UTC))
+    with pytest.raises(ValueError, match="is not before"):
+        flow.resolve_interval(start, end, since="2026-11-10")
+
+
+def test_feeds_are_split_into_a_bounded_number_of_batches() -> None:
+    assert flow.plan_batches([], 10, 32) == []
+    assert flow.plan_batches(list(range(25)), 10, 32) == [list(range(i, 25, 3)) for i in range(3)]
+    many = flow.plan_batches(list(range(1000)), 10, 32)
+    assert len(many) == 32 and sorted(f for batch in many for f in batch) == list(range(1000))
