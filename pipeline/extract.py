@@ -8,6 +8,7 @@ import re
 from urllib.parse import urljoin, urlsplit
 
 import trafilatura
+from lxml import etree
 from lxml.html import HtmlElement
 from trafilatura.settings import Document
 from trafilatura.xml import xmltotxt
@@ -18,10 +19,11 @@ LOGGER = logging.getLogger(__name__)
 
 # Bump the suffix whenever an option or a post-processing step below changes, so stored rows can be
 # re-extracted selectively.
-EXTRACTOR_VERSION = f"trafilatura-{trafilatura.__version__}+precision-fast-retry.2"
+EXTRACTOR_VERSION = f"trafilatura-{trafilatura.__version__}+precision-fast-retry.3"
 
 MIN_WORDS = 20
 MAX_HTML_BYTES = 20_000_000
+VISIBLE_TEXT = etree.XPath("//body//text()[not(ancestor::script or ancestor::style or ancestor::noscript)]")
 # Options of the main pass, chosen on the Article Extraction Benchmark (see bench/aeb.py).
 EXTRACT_OPTIONS = {"include_comments": False, "include_tables": True, "favor_precision": True, "fast": True}
 # htmldate without its page-wide text search, whose last resort turns a "© 2024" footer into
@@ -133,7 +135,7 @@ def _extract(html: bytes | str, url: str | None, min_words: int, content_type: s
     )
     body_document = document
     length = len(document.text) if document else 0
-    if length < RETRY_MAX_CHARS and length < RETRY_PAGE_SHARE * len(trafilatura.html2txt(tree)):
+    if length < RETRY_MAX_CHARS and length < RETRY_PAGE_SHARE * visible_text_length(tree):
         retry = trafilatura.bare_extraction(
             tree,
             url=url,
@@ -167,6 +169,11 @@ def _extract(html: bytes | str, url: str | None, min_words: int, content_type: s
     if words < min_words:
         return Extraction(body="", error=f"body too short: {words} words (minimum {min_words})", **fields)
     return Extraction(body=body, **fields)
+
+
+def visible_text_length(tree: HtmlElement) -> int:
+    """Characters of text in the page body outside scripts and styles (a cheap stand-in for html2txt)."""
+    return sum(len(text.strip()) for text in VISIBLE_TEXT(tree))
 
 
 def sniffs_binary(data: bytes) -> bool:

@@ -167,7 +167,7 @@ def _fetch_pages(
         # rows locked in id order: overlapping runs writing the same entries cannot deadlock
         done.sort(key=lambda pair: pair[0].id)
         with engine.begin() as conn:
-            # a page lost to a server crash before the WAL flush is simply fetched again by the next run
+            # a page lost to a database crash before the WAL flush is simply fetched again by the next run
             conn.execute(text("SET LOCAL synchronous_commit = off"))
             for entry, result in done:
                 if result.ok:
@@ -269,6 +269,9 @@ def process_entries(
             counts["tag_seconds"] += time.perf_counter() - tick
         tick = time.perf_counter()
         with engine.begin() as conn:
+            # no wait for the WAL flush: a database crash can only lose whole chunks (articles together with
+            # their entries' status), which the next run processes again from the stored pages
+            conn.execute(text("SET LOCAL synchronous_commit = off"))
             outcome = load_articles(conn, items, run_id=run_id, extractor_version=EXTRACTOR_VERSION,
                                     taxonomy_version=taxonomy.version)
             for entry_id, error in failures:
