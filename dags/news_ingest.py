@@ -94,7 +94,8 @@ def news_ingest() -> None:
         return flow.fetch_feeds(_engine(), Settings.from_env(), run["ingest_run_id"], feed_ids,
                                 datetime.fromisoformat(run["since"]), datetime.fromisoformat(run["until"]))
 
-    @task
+    # all_done: one batch whose fetch failed for good must not hold back the pages the other batches fetched
+    @task(trigger_rule="all_done")
     def process(feed_ids: list[int], run: dict[str, Any]) -> dict[str, float]:
         from pipeline import flow
 
