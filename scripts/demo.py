@@ -9,6 +9,7 @@ import os
 import subprocess
 import sys
 import time
+from contextlib import ExitStack
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -67,7 +68,12 @@ def main(argv: list[str] | None = None) -> int:
     print(f"    news database: {db.describe_url(database_url)}")
 
     site = demosite.load_site()
-    with demosite.serve(site, port=args.port) as base_url:
+    with ExitStack() as stack:
+        try:
+            base_url = stack.enter_context(demosite.serve(site, port=args.port))
+        except OSError as exc:
+            raise SystemExit(f"cannot serve the demo site on 127.0.0.1:{args.port}: {exc.strerror}; "
+                             "set NEWS_DEMO_PORT (or --port) to a free port") from None
         print(f"2/4 demo site on {base_url} ({len(site.articles)} articles); registering its feeds ...", flush=True)
         with engine.begin() as conn:
             count = demosite.register_feeds(conn, site, base_url, include_broken=not args.no_broken)
