@@ -8,7 +8,9 @@ article with trafilatura, deduplicates (canonical URL, exact body), tags topics 
 * **plan** splits the enabled feeds into batches (ids only).
 * **fetch** (one mapped task per feed batch) polls the feeds, records each poll in `feed_fetches`, queues
   new items in `feed_entries` and stores the fetched pages in `pages`.
-* **process** (one mapped task per feed batch) extracts, dedupes, tags and loads those pages.
+* **process** (one mapped task per feed batch) extracts, dedupes, tags and loads those pages. These four
+  stages share a task on purpose: they transform the same pages in memory, and splitting them would only
+  send every extracted article through the database and back.
 * **finish** sums the per-batch counts into `ingest_runs`; it fails the run if any batch failed.
 
 Bodies stay in Postgres; XCom carries ids and counts. Every write is an upsert on a natural key, so

@@ -63,13 +63,18 @@ def _entry(item: feedparser.FeedParserDict, base: str) -> FeedEntry | None:
     if not author and item.get("authors"):
         author = item["authors"][0].get("name") or None
     return FeedEntry(
-        url=link,
-        guid=(item.get("id") or None),
-        title=(item.get("title") or None),
-        author=author,
+        url=_clean(link),
+        guid=_clean(item.get("id")),
+        title=_clean(item.get("title")),
+        author=_clean(author),
         published_at=_entry_time(item),
-        summary=(item.get("summary") or None),
+        summary=_clean(item.get("summary")),
     )
+
+
+def _clean(value: str | None) -> str | None:
+    """Text as PostgreSQL can store it: NUL characters (which it refuses) removed; empty becomes None."""
+    return value.replace("\x00", "") or None if value else None
 
 
 def _entry_time(item: feedparser.FeedParserDict) -> datetime | None:

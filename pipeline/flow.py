@@ -206,13 +206,13 @@ def _taxonomy(path: Path | None) -> Taxonomy:
 def build_article(page: store.FetchedPage, extraction: Extraction, taxonomy: Taxonomy) -> Article:
     """Combine what the feed said and what the page says into the row to store."""
     published_at = page.published_at or _page_date(extraction.published)
-    body = extraction.body
-    title = page.title or extraction.title
+    body = extraction.body.replace("\x00", "")  # PostgreSQL text cannot hold NUL
+    title = page.title or (extraction.title or "").replace("\x00", "") or None
     return Article(
         canonical_url=choose_canonical(page.final_url, extraction.canonical_url),
         url=page.final_url,
         title=title,
-        author=extraction.author or page.author,
+        author=(extraction.author or "").replace("\x00", "") or page.author,
         published_at=published_at,
         language=extraction.language,
         source=page.source,

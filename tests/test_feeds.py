@@ -96,3 +96,9 @@ def test_opml_with_entities_or_bad_xml_is_refused_cleanly() -> None:
         parse_opml(b"<opml><body>")
     with pytest.raises(OpmlError):
         parse_opml(b"<rss/>")
+
+
+def test_nul_characters_are_removed_so_postgres_can_store_the_entry() -> None:
+    feed = RSS.replace(b"<title>Coal ships seized</title>", b"<title>Coal&#0; ships\x00 seized</title>")
+    parsed = parse_feed(feed, {}, "https://wire.example/f.xml")
+    assert parsed.entries and all("\x00" not in (e.title or "") for e in parsed.entries)
