@@ -257,6 +257,9 @@ def process_entries(
         items: list[LoadItem] = []
         failures: list[tuple[int, str]] = []
         for page in pages:
+            if page.unreadable:
+                failures.append((page.entry_id, page.unreadable))
+                continue
             tick = time.perf_counter()
             extraction = extract(page.body, page.final_url, min_words=settings.min_words,
                                  content_type=page.content_type)

@@ -59,6 +59,7 @@ class FetchedPage:
     source_id: int
     content_type: str | None
     body: bytes
+    unreadable: str | None = None  # why the stored bytes could not be read back, if they could not
 
 
 def upsert_source(conn: Connection, name: str, homepage: str | None = None) -> int:
@@ -257,6 +258,11 @@ def fetched_pages(conn: Connection, entry_ids: Sequence[int]) -> list[FetchedPag
     for row in rows:
         fields = dict(row._mapping)
         encoding = fields.pop("body_encoding")
-        fields["body"] = zlib.decompress(row.body) if encoding == "zlib" else bytes(row.body)
+        try:
+            fields["body"] = zlib.decompress(row.body) if encoding == "zlib" else bytes(row.body)
+        except zlib.error as exc:
+            # one damaged row must not stop its batch: the entry is recorded as failed with this reason
+            LOGGER.warning("stored page of entry %s is unreadable: %s", row.entry_id, exc)
+            fields["body"], fields["unreadable"] = b"", f"stored page unreadable: {exc}"
         pages.append(FetchedPage(**fields))
     return pages

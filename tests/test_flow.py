@@ -166,3 +166,21 @@ def test_feeds_are_split_into_a_bounded_number_of_batches() -> None:
     assert flow.plan_batches(list(range(25)), 10, 32) == [list(range(i, 25, 3)) for i in range(3)]
     many = flow.plan_batches(list(range(1000)), 10, 32)
     assert len(many) == 32 and sorted(f for batch in many for f in batch) == list(range(1000))
+
+
+def test_a_damaged_stored_page_is_recorded_and_the_others_load(
+    engine: Engine, settings: Settings, site: demosite.DemoSite, demo_base_url: str
+) -> None:
+    _register(engine, site, demo_base_url, include_broken=False)
+    run_id = flow.open_run(engine, "damaged", "cli", WEEK_START, WEEK_END)
+    flow.fetch_feeds(engine, settings, run_id, flow.feed_batches(engine, settings)[0], WEEK_START, WEEK_END)
+    with engine.begin() as conn:
+        damaged = conn.execute(text("UPDATE pages SET body = 'not zlib' WHERE entry_id = "
+                                    "(SELECT min(entry_id) FROM pages) RETURNING entry_id")).scalar_one()
+        entry_ids = [row[0] for row in conn.execute(text("SELECT entry_id FROM pages ORDER BY 1"))]
+    counts = flow.process_entries(engine, settings, run_id, entry_ids)
+    with engine.connect() as conn:
+        status, error = conn.execute(text("SELECT status, error FROM feed_entries WHERE id = :id"),
+                                     {"id": damaged}).one()
+    assert status == "extract_failed" and error.startswith("stored page unreadable")
+    assert counts["loaded"] + counts["duplicates"] == len(entry_ids) - 1
