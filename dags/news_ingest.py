@@ -42,8 +42,9 @@ DEFAULT_ARGS = {
 }
 
 
-def _engine() -> Any:
-    """The news database engine, migrated; resolved inside tasks, never at parse time."""
+def _engine(*, migrate: bool = False) -> Any:
+    """The news database engine, resolved inside tasks, never at parse time; `start` brings the schema up to
+    date once per run, so the other tasks only connect."""
     from airflow.sdk import Connection
     from airflow.sdk.exceptions import AirflowNotFoundException
 
@@ -53,7 +54,7 @@ def _engine() -> Any:
         airflow_url = Connection.get("news_db").get_uri()
     except AirflowNotFoundException:
         airflow_url = None
-    return db.connect(Settings.from_env(), airflow_url)
+    return db.connect(Settings.from_env(), airflow_url, run_migrations=migrate)
 
 
 @dag(
@@ -80,7 +81,7 @@ def news_ingest() -> None:
         params = params or {}
         since, until = flow.resolve_interval(data_interval_start, data_interval_end, since=params.get("since"),
                                              until=params.get("until"))
-        run_id = flow.open_run(_engine(), f"{dag_run.dag_id}/{dag_run.run_id}", "airflow", since, until)
+        run_id = flow.open_run(_engine(migrate=True), f"{dag_run.dag_id}/{dag_run.run_id}", "airflow", since, until)
         return {"ingest_run_id": run_id, "since": since.isoformat(), "until": until.isoformat()}
 
     @task

@@ -8,6 +8,7 @@ import logging
 import os
 import sys
 from collections.abc import Sequence
+from dataclasses import fields
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -102,10 +103,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _dispatch(args: argparse.Namespace, settings: Settings) -> int:
     if args.command == "settings":
-        current = Settings.from_env()
-        for env, _default, doc in describe():
-            name = next(f for f in current.__dataclass_fields__.values() if f.metadata["env"] == env).name
-            print(f"{env}={getattr(current, name)}    # {doc}")
+        for spec in fields(settings):
+            print(f"{spec.metadata['env']}={getattr(settings, spec.name)}    # {spec.metadata['doc']}")
         return 0
     if args.command == "extract":
         return _extract(args, settings)

@@ -242,7 +242,7 @@ def body_text(document: Document, title: str | None) -> str:
     blocks = [text for child in document.body if (text := xmltotxt(child, False).strip())]
     if blocks and title and _comparable(blocks[0]) == _comparable(title):
         blocks = blocks[1:]
-    return "\n\n".join(blocks)
+    return "\n\n".join(blocks).replace("\x00", "")  # PostgreSQL text cannot hold NUL
 
 
 def count_words(text: str) -> int:
@@ -297,7 +297,7 @@ def normalize_author(author: str | None) -> str | None:
     if not author:
         return None
     names: list[str] = []
-    for part in author.split(";"):
+    for part in author.replace("\x00", "").split(";"):
         name = " ".join(AUTHOR_PREFIX_RE.sub("", part.strip()).split()).strip(EDGE_PUNCTUATION)
         if name and name.lower() not in AUTHOR_ROLES and name not in names:
             names.append(name)
@@ -305,10 +305,10 @@ def normalize_author(author: str | None) -> str | None:
 
 
 def _clean(value: str | None) -> str | None:
-    """Whitespace-collapsed text, None when empty."""
+    """Whitespace-collapsed text without NUL (which PostgreSQL refuses), None when empty."""
     if value is None:
         return None
-    return " ".join(str(value).split()) or None
+    return " ".join(str(value).replace("\x00", "").split()) or None
 
 
 def _comparable(text: str) -> str:

@@ -17,7 +17,7 @@ from pipeline import store
 from pipeline.db import engine_for, forget_engines
 from pipeline.dedupe import choose_canonical, content_hash, word_count
 from pipeline.extract import EXTRACTOR_VERSION, extract
-from pipeline.feeds import FEED_ACCEPT, parse_feed
+from pipeline.feeds import FEED_ACCEPT, in_window, parse_feed
 from pipeline.http import HttpClient
 from pipeline.load import LoadItem, load_articles, sync_topics
 from pipeline.models import Article, Extraction, FetchResult
@@ -123,8 +123,7 @@ def fetch_feeds(
                                            items_in_window=0, error=None)
                     continue
                 parsed = parse_feed(result.body, result.headers, result.final_url)
-                in_window = sum(1 for e in parsed.entries
-                                if e.published_at is None or window_start <= e.published_at < until)
+                items_in_window = sum(in_window(entry, window_start, until) for entry in parsed.entries)
                 if parsed.error:
                     counts["feeds_failed"] += 1
                     status, error = "failed", parsed.error
@@ -133,7 +132,7 @@ def fetch_feeds(
                 else:
                     status, error = "ok", None
                 store.record_feed_poll(conn, run_id, feed.id, status=status, result=result,
-                                       items=len(parsed.entries), items_in_window=in_window, error=error)
+                                       items=len(parsed.entries), items_in_window=items_in_window, error=error)
                 counts["entries_seen"] += len(parsed.entries)
                 counts["entries_new"] += store.upsert_entries(conn, feed.id, run_id, parsed.entries)
             if status != "ok":
@@ -206,13 +205,13 @@ def _taxonomy(path: Path | None) -> Taxonomy:
 def build_article(page: store.FetchedPage, extraction: Extraction, taxonomy: Taxonomy) -> Article:
     """Combine what the feed said and what the page says into the row to store."""
     published_at = page.published_at or _page_date(extraction.published)
-    body = extraction.body.replace("\x00", "")  # PostgreSQL text cannot hold NUL
-    title = page.title or (extraction.title or "").replace("\x00", "") or None
+    body = extraction.body
+    title = page.title or extraction.title
     return Article(
         canonical_url=choose_canonical(page.final_url, extraction.canonical_url),
         url=page.final_url,
         title=title,
-        author=(extraction.author or "").replace("\x00", "") or page.author,
+        author=extraction.author or page.author,
         published_at=published_at,
         language=extraction.language,
         source=page.source,
@@ -291,11 +290,12 @@ def process_entries(
     return counts
 
 
-def process_feeds(engine: Engine, settings: Settings, run_id: int, feed_ids: Sequence[int]) -> dict[str, float]:
+def process_feeds(engine: Engine, settings: Settings, run_id: int, feed_ids: Sequence[int],
+                  progress: Progress | None = None) -> dict[str, float]:
     """Process every fetched page of these feeds (what one mapped Airflow task does)."""
     with engine.begin() as conn:
         entry_ids = store.fetched_entry_ids(conn, feed_ids)
-    return process_entries(engine, settings, run_id, entry_ids)
+    return process_entries(engine, settings, run_id, entry_ids, progress)
 
 
 def sum_counts(parts: Iterable[dict[str, float]]) -> dict[str, float]:
@@ -319,10 +319,6 @@ def _process_in_child(url: str, settings: Settings, run_id: int, entry_ids: list
     return process_entries(engine_for(url), settings, run_id, entry_ids)
 
 
-def _forget_inherited_pools() -> None:
-    forget_engines()
-
-
 def run_interval(
     engine: Engine,
     settings: Settings,
@@ -339,11 +335,12 @@ def run_interval(
     batches = feed_batches(engine, settings)
     all_feeds = [feed_id for batch in batches for feed_id in batch]
     parts: list[dict[str, float]] = []
-    with engine.begin() as conn:
-        queued = len(store.entries_to_fetch(conn, all_feeds, settings.max_page_attempts,
-                                            since - settings.lookback, until))
-    fetch_progress = progress("fetch", queued) if progress else None
-    process_progress = progress("process", queued) if progress else None
+    fetch_progress = process_progress = None
+    if progress:  # the bars' totals cost a query, made only when someone watches
+        with engine.begin() as conn:
+            queued = len(store.entries_to_fetch(conn, all_feeds, settings.max_page_attempts,
+                                                since - settings.lookback, until))
+        fetch_progress, process_progress = progress("fetch", queued), progress("process", queued)
     try:
         if settings.workers > 1:
             parts += _fetch_and_process_in_parallel(engine, settings, run_id, batches, since, until,
@@ -351,9 +348,7 @@ def run_interval(
         else:
             for batch in batches:
                 parts.append(fetch_feeds(engine, settings, run_id, batch, since, until, fetch_progress))
-            with engine.begin() as conn:
-                entry_ids = store.fetched_entry_ids(conn, all_feeds)
-            parts.append(process_entries(engine, settings, run_id, entry_ids, process_progress))
+            parts.append(process_feeds(engine, settings, run_id, all_feeds, process_progress))
     except Exception as exc:
         end_run(engine, run_id, parts, error=f"{type(exc).__name__}: {exc}")
         raise
@@ -374,7 +369,7 @@ def _fetch_and_process_in_parallel(
     engine.dispose()  # the children must not inherit open connections
     context = multiprocessing.get_context("fork")
     parts: list[dict[str, float]] = []
-    with ProcessPoolExecutor(settings.workers, mp_context=context, initializer=_forget_inherited_pools) as pool:
+    with ProcessPoolExecutor(settings.workers, mp_context=context, initializer=forget_engines) as pool:
         # start every worker now, before the fetch threads exist: forking beside running threads is unsafe
         for warm in [pool.submit(int) for _ in range(settings.workers)]:
             warm.result()
@@ -389,7 +384,7 @@ def _fetch_and_process_in_parallel(
         for batch in batches:
             parts.append(fetch_feeds(engine, settings, run_id, batch, since, until, fetch_progress, hand_over))
         with engine.begin() as conn:  # pages fetched by an earlier run that never got processed
-            leftovers = [i for i in store.fetched_entry_ids(conn, [f for b in batches for f in b])
+            leftovers = [i for i in store.fetched_entry_ids(conn, [f for batch in batches for f in batch])
                          if i not in handed_over]
         for offset in range(0, len(leftovers), PROCESS_CHUNK):
             hand_over(leftovers[offset:offset + PROCESS_CHUNK])

@@ -32,7 +32,6 @@ class LoadItem:
 class LoadOutcome:
     inserted: int = 0
     updated: int = 0
-    unchanged: int = 0
     duplicates: int = 0
     tagged: int = 0
 
@@ -120,7 +119,6 @@ def load_articles(
                 status = "loaded"
             else:
                 # another feed item (another feed, another URL) pointing at an article already stored
-                outcome.unchanged += 1
                 outcome.duplicates += 1
                 status = "duplicate"
             loaded_in_batch[article.canonical_url] = int(known.id)
