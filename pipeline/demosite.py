@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import gzip
 import hashlib
 import html
 import json
@@ -430,16 +431,25 @@ class _DemoHandler(BaseHTTPRequestHandler):
             return
         self.send_response(status)
         self.send_header("Content-Type", content_type)
+        if status == 200 and "gzip" in self.headers.get("Accept-Encoding", "").lower():
+            body = _gzipped(body)  # as news sites serve their pages
+            self.send_header("Content-Encoding", "gzip")
         self.send_header("Content-Length", str(len(body)))
         if status == 200:
             self.send_header("ETag", etag)
             self.send_header("Cache-Control", "max-age=60")
+            self.send_header("Vary", "Accept-Encoding")
         self.end_headers()
         if include_body:
             self.wfile.write(body)
 
     def log_message(self, format: str, *args: Any) -> None:
         LOGGER.debug("demo site %s: " + format, self.address_string(), *args)
+
+
+@lru_cache(maxsize=256)
+def _gzipped(body: bytes) -> bytes:
+    return gzip.compress(body, compresslevel=6, mtime=0)
 
 
 @contextmanager

@@ -4,14 +4,16 @@ from __future__ import annotations
 
 import logging
 import multiprocessing
+import threading
 import time
+from collections import deque
 from collections.abc import Callable, Iterable, Sequence
-from concurrent.futures import Future, ProcessPoolExecutor, ThreadPoolExecutor, as_completed
+from concurrent.futures import Future, ProcessPoolExecutor, ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 from functools import cache
 from pathlib import Path
 
-from sqlalchemy import Engine, text
+from sqlalchemy import Connection, Engine, text
 
 from pipeline import store
 from pipeline.db import engine_for, forget_engines
@@ -96,11 +98,12 @@ def fetch_feeds(
     progress: Progress | None = None,
     on_stored: Callable[[list[int]], None] | None = None,
 ) -> dict[str, float]:
-    """Poll each feed, queue its items, then fetch the pages of queued items published in the interval.
+    """Poll each feed, queue its items, and fetch the pages of its queued items published in the interval.
 
     Every item a feed lists is stored, so a later backfill of its date finds it even after the feed has
-    dropped it. A failing feed or page is recorded and the others go on. `on_stored` is called with the
-    entry ids of each committed chunk of pages, so a caller can start extracting them while fetching goes on.
+    dropped it. A feed's pages are fetched on background threads while the next feeds are polled. A failing
+    feed or page is recorded and the others go on. `on_stored` is called (from a fetch thread) with the entry
+    ids of each committed chunk of pages, so a caller can start extracting them while fetching goes on.
     """
     counts = {"feeds_polled": 0, "feeds_failed": 0, "entries_seen": 0, "entries_new": 0, "pages_fetched": 0,
               "pages_failed": 0, "fetch_seconds": 0.0}
@@ -109,89 +112,115 @@ def fetch_feeds(
     with engine.begin() as conn:
         feeds = store.list_feeds(conn, ids=feed_ids)
     with HttpClient(settings) as client:
-        for feed in feeds:
-            counts["feeds_polled"] += 1
-            result = client.get(feed.url, accept=FEED_ACCEPT, etag=feed.etag, last_modified=feed.last_modified)
-            with engine.begin() as conn:
-                if result.error:
-                    counts["feeds_failed"] += 1
-                    store.record_feed_poll(conn, run_id, feed.id, status="failed", result=result, items=0,
-                                           items_in_window=0, error=result.error)
-                    continue
-                if result.status == 304:
-                    store.record_feed_poll(conn, run_id, feed.id, status="not_modified", result=result, items=0,
-                                           items_in_window=0, error=None)
-                    continue
-                parsed = parse_feed(result.body, result.headers, result.final_url)
-                items_in_window = sum(in_window(entry, window_start, until) for entry in parsed.entries)
-                if parsed.error:
-                    counts["feeds_failed"] += 1
-                    status, error = "failed", parsed.error
-                elif parsed.bozo:
-                    status, error = "malformed", parsed.bozo_reason
-                else:
-                    status, error = "ok", None
-                store.record_feed_poll(conn, run_id, feed.id, status=status, result=result,
-                                       items=len(parsed.entries), items_in_window=items_in_window, error=error)
-                counts["entries_seen"] += len(parsed.entries)
-                counts["entries_new"] += store.upsert_entries(conn, feed.id, run_id, parsed.entries)
-            if status != "ok":
-                LOGGER.warning("feed %s: %s: %s", feed.url, status, error)
-        with engine.begin() as conn:
-            wanted = store.entries_to_fetch(conn, feed_ids, settings.max_page_attempts, window_start, until)
-        fetched, failed = _fetch_pages(engine, client, settings, run_id, wanted, progress, on_stored)
-    counts["pages_fetched"] += fetched
-    counts["pages_failed"] += failed
+        pages = _PageFetcher(engine, client, settings, run_id, progress, on_stored)
+        try:
+            for feed in feeds:
+                with engine.begin() as conn:
+                    _poll_feed(conn, client, feed, run_id, window_start, until, counts)
+                    # items queued by this poll, and earlier ones still wanted (a failed poll retries those too)
+                    wanted = store.entries_to_fetch(conn, [feed.id], settings.max_page_attempts, window_start,
+                                                    until)
+                pages.fetch(wanted)  # after the commit: the fetch threads write these rows
+        finally:
+            pages.finish()
+    counts["pages_fetched"] += pages.fetched
+    counts["pages_failed"] += pages.failed
     counts["fetch_seconds"] = time.monotonic() - started
     LOGGER.info("fetch: %d feeds polled (%d failed), %d items seen, %d new, %d pages fetched, %d failed",
                 counts["feeds_polled"], counts["feeds_failed"], counts["entries_seen"], counts["entries_new"],
-                fetched, failed)
+                pages.fetched, pages.failed)
     return counts
 
 
-def _fetch_pages(
-    engine: Engine,
-    client: HttpClient,
-    settings: Settings,
-    run_id: int,
-    wanted: Sequence[store.PendingEntry],
-    progress: Progress | None,
-    on_stored: Callable[[list[int]], None] | None,
-) -> tuple[int, int]:
-    """Fetch pages on a few threads; results are written a chunk per transaction as they arrive."""
-    fetched = failed = 0
-    done: list[tuple[store.PendingEntry, FetchResult]] = []
+def _poll_feed(conn: Connection, client: HttpClient, feed: store.FeedRow, run_id: int, window_start: datetime,
+               until: datetime, counts: dict[str, float]) -> None:
+    """Fetch and parse one feed, record the poll, and queue the items it lists."""
+    counts["feeds_polled"] += 1
+    result = client.get(feed.url, accept=FEED_ACCEPT, etag=feed.etag, last_modified=feed.last_modified)
+    if result.error:
+        counts["feeds_failed"] += 1
+        store.record_feed_poll(conn, run_id, feed.id, status="failed", result=result, items=0, items_in_window=0,
+                               error=result.error)
+        LOGGER.warning("feed %s: failed: %s", feed.url, result.error)
+        return
+    if result.status == 304:
+        store.record_feed_poll(conn, run_id, feed.id, status="not_modified", result=result, items=0,
+                               items_in_window=0, error=None)
+        return
+    parsed = parse_feed(result.body, result.headers, result.final_url)
+    items_in_window = sum(in_window(entry, window_start, until) for entry in parsed.entries)
+    if parsed.error:
+        counts["feeds_failed"] += 1
+        status, error = "failed", parsed.error
+    elif parsed.bozo:
+        status, error = "malformed", parsed.bozo_reason
+    else:
+        status, error = "ok", None
+    store.record_feed_poll(conn, run_id, feed.id, status=status, result=result, items=len(parsed.entries),
+                           items_in_window=items_in_window, error=error)
+    counts["entries_seen"] += len(parsed.entries)
+    counts["entries_new"] += store.upsert_entries(conn, feed.id, run_id, parsed.entries)
+    if status != "ok":
+        LOGGER.warning("feed %s: %s: %s", feed.url, status, error)
 
-    def flush() -> None:
+
+class _PageFetcher:
+    """Fetches pages on `page_concurrency` threads. Each thread, when enough pages have come in, writes them
+    in one transaction and hands their ids on; the first chunks are small so extraction can start at once."""
+
+    def __init__(self, engine: Engine, client: HttpClient, settings: Settings, run_id: int,
+                 progress: Progress | None, on_stored: Callable[[list[int]], None] | None) -> None:
+        self._engine, self._client, self._run_id = engine, client, run_id
+        self._progress, self._on_stored = progress, on_stored
+        self._threads = ThreadPoolExecutor(max(1, settings.page_concurrency), thread_name_prefix="page")
+        self._futures: list[Future[None]] = []
+        self._lock = threading.Lock()
+        self._done: list[tuple[store.PendingEntry, FetchResult]] = []
+        self._writes = 0
+        self.fetched = self.failed = 0
+
+    def fetch(self, entries: Iterable[store.PendingEntry]) -> None:
+        self._futures += [self._threads.submit(self._fetch_one, entry) for entry in entries]
+
+    def _fetch_one(self, entry: store.PendingEntry) -> None:
+        result = self._client.get(entry.url, accept=PAGE_ACCEPT, keep_gzip=True)
+        with self._lock:
+            self._done.append((entry, result))
+            self.fetched += result.ok
+            self.failed += not result.ok
+            if len(self._done) < min(HANDOVER_CHUNK, self._writes + 1):
+                return
+            chunk, self._done = self._done, []
+            self._writes += 1
+        self._write(chunk)
+
+    def finish(self) -> None:
+        """Wait for every fetch, write what is left, and raise the first error a write hit."""
+        try:
+            for future in self._futures:
+                future.result()
+        finally:
+            self._threads.shutdown()
+        if self._done:
+            chunk, self._done = self._done, []
+            self._write(chunk)
+
+    def _write(self, chunk: list[tuple[store.PendingEntry, FetchResult]]) -> None:
         # rows locked in id order: overlapping runs writing the same entries cannot deadlock
-        done.sort(key=lambda pair: pair[0].id)
-        with engine.begin() as conn:
+        chunk.sort(key=lambda pair: pair[0].id)
+        with self._engine.begin() as conn:
             # a page lost to a database crash before the WAL flush is simply fetched again by the next run
             conn.execute(text("SET LOCAL synchronous_commit = off"))
-            for entry, result in done:
+            for entry, result in chunk:
                 if result.ok:
-                    store.store_page(conn, entry.id, run_id, result)
+                    store.store_page(conn, entry.id, self._run_id, result)
                 else:
-                    store.mark_entry_failed(conn, entry.id, run_id, "page_failed", result.error or "fetch failed",
-                                            retryable=result.retryable)
-        if progress:
-            progress(len(done))
-        if on_stored:
-            on_stored([entry.id for entry, result in done if result.ok])
-        done.clear()
-
-    with ThreadPoolExecutor(max_workers=max(1, settings.page_concurrency)) as pool:
-        futures = {pool.submit(client.get, entry.url, accept=PAGE_ACCEPT): entry for entry in wanted}
-        for future in as_completed(futures):
-            result = future.result()
-            done.append((futures[future], result))
-            fetched += result.ok
-            failed += not result.ok
-            if len(done) >= HANDOVER_CHUNK:
-                flush()
-    if done:
-        flush()
-    return fetched, failed
+                    store.mark_entry_failed(conn, entry.id, self._run_id, "page_failed",
+                                            result.error or "fetch failed", retryable=result.retryable)
+        if self._progress:
+            self._progress(len(chunk))
+        if self._on_stored:
+            self._on_stored([entry.id for entry, result in chunk if result.ok])
 
 
 _SYNCED_TOPICS: set[tuple[str, str]] = set()
@@ -233,6 +262,17 @@ def _page_date(value: str | None) -> datetime | None:
         return None
 
 
+def _ready_taxonomy(engine: Engine, settings: Settings) -> Taxonomy:
+    """The taxonomy, with its topics written to this database once per process (not once per chunk)."""
+    taxonomy = _taxonomy(settings.taxonomy_path)
+    synced = (engine.url.render_as_string(hide_password=True), taxonomy.version)
+    if synced not in _SYNCED_TOPICS:
+        with engine.begin() as conn:
+            sync_topics(conn, taxonomy)
+        _SYNCED_TOPICS.add(synced)
+    return taxonomy
+
+
 def process_entries(
     engine: Engine,
     settings: Settings,
@@ -243,12 +283,7 @@ def process_entries(
     """Extract, dedupe, tag and load fetched pages, one transaction per chunk of articles."""
     counts = {"extraction_failures": 0, "duplicates": 0, "loaded": 0, "tagged": 0, "extract_seconds": 0.0,
               "tag_seconds": 0.0, "load_seconds": 0.0}
-    taxonomy = _taxonomy(settings.taxonomy_path)
-    synced = (engine.url.render_as_string(hide_password=True), taxonomy.version)
-    if synced not in _SYNCED_TOPICS:  # once per process and database, not once per chunk
-        with engine.begin() as conn:
-            sync_topics(conn, taxonomy)
-        _SYNCED_TOPICS.add(synced)
+    taxonomy = _ready_taxonomy(engine, settings)
     for offset in range(0, len(entry_ids), PROCESS_CHUNK):
         chunk = entry_ids[offset:offset + PROCESS_CHUNK]
         with engine.begin() as conn:
@@ -319,6 +354,11 @@ def _process_in_child(url: str, settings: Settings, run_id: int, entry_ids: list
     return process_entries(engine_for(url), settings, run_id, entry_ids)
 
 
+def _warm_child(url: str, settings: Settings) -> None:
+    """Connect and bring the topics up to date while the parent polls feeds, not when the first pages wait."""
+    _ready_taxonomy(engine_for(url), settings)
+
+
 def run_interval(
     engine: Engine,
     settings: Settings,
@@ -343,8 +383,8 @@ def run_interval(
         fetch_progress, process_progress = progress("fetch", queued), progress("process", queued)
     try:
         if settings.workers > 1:
-            parts += _fetch_and_process_in_parallel(engine, settings, run_id, batches, since, until,
-                                                    fetch_progress, process_progress)
+            _fetch_and_process_in_parallel(engine, settings, run_id, batches, since, until, fetch_progress,
+                                           process_progress, parts)
         else:
             for batch in batches:
                 parts.append(fetch_feeds(engine, settings, run_id, batch, since, until, fetch_progress))
@@ -364,32 +404,104 @@ def _fetch_and_process_in_parallel(
     until: datetime,
     fetch_progress: Progress | None,
     process_progress: Progress | None,
-) -> list[dict[str, float]]:
+    parts: list[dict[str, float]],
+) -> None:
+    """Fetch in this process while `settings.workers` processes extract what has been stored; every part's
+    counts are appended to `parts`, also when a stage fails."""
     url = engine.url.render_as_string(hide_password=False)
     engine.dispose()  # the children must not inherit open connections
     context = multiprocessing.get_context("fork")
-    parts: list[dict[str, float]] = []
     with ProcessPoolExecutor(settings.workers, mp_context=context, initializer=forget_engines) as pool:
-        # start every worker now, before the fetch threads exist: forking beside running threads is unsafe
-        for warm in [pool.submit(int) for _ in range(settings.workers)]:
-            warm.result()
-        submitted: list[tuple[Future[dict[str, float]], int]] = []
-        handed_over: set[int] = set()
-
-        def hand_over(entry_ids: list[int]) -> None:
-            if entry_ids:
-                handed_over.update(entry_ids)
-                submitted.append((pool.submit(_process_in_child, url, settings, run_id, entry_ids), len(entry_ids)))
-
-        for batch in batches:
-            parts.append(fetch_feeds(engine, settings, run_id, batch, since, until, fetch_progress, hand_over))
-        with engine.begin() as conn:  # pages fetched by an earlier run that never got processed
-            leftovers = [i for i in store.fetched_entry_ids(conn, [f for batch in batches for f in batch])
-                         if i not in handed_over]
-        for offset in range(0, len(leftovers), PROCESS_CHUNK):
-            hand_over(leftovers[offset:offset + PROCESS_CHUNK])
-        for future, size in submitted:
+        # the first submit forks every worker, before any thread of ours exists (forking beside running
+        # threads is unsafe); the workers warm up while the feeds are polled
+        for _ in range(settings.workers):
+            pool.submit(_warm_child, url, settings)
+        dispatcher = _Dispatcher(lambda ids: pool.submit(_process_in_child, url, settings, run_id, ids),
+                                 settings.workers)
+        try:
+            for batch in batches:
+                parts.append(fetch_feeds(engine, settings, run_id, batch, since, until, fetch_progress,
+                                         dispatcher.add))
+            with engine.begin() as conn:  # pages fetched by an earlier run that never got processed
+                dispatcher.add(store.fetched_entry_ids(conn, [f for batch in batches for f in batch]))
+        finally:
+            dispatcher.close()
+        for future, size in dispatcher.submitted():
             parts.append(future.result())
             if process_progress:
                 process_progress(size)
-    return parts
+
+
+class _Dispatcher:
+    """Hands stored pages to the worker processes from a thread of its own.
+
+    While pages keep coming, an idle worker gets whatever is waiting and a busy one a full chunk (one load
+    transaction per chunk); once fetching is over, chunks shrink with the work left (guided self-scheduling),
+    so that the workers finish together instead of one idling through the other's last chunk.
+    """
+
+    def __init__(self, submit: Callable[[list[int]], Future[dict[str, float]]], workers: int) -> None:
+        self._submit, self._workers = submit, workers
+        self._ready = threading.Condition()
+        self._queue: deque[int] = deque()
+        self._seen: set[int] = set()
+        self._in_flight = 0
+        self._closed = False
+        self._submitted: list[tuple[Future[dict[str, float]], int]] = []
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, name="dispatch", daemon=True)
+        self._thread.start()
+
+    def add(self, entry_ids: Iterable[int]) -> None:
+        """Queue stored pages (ids already queued are ignored); callable from any thread."""
+        with self._ready:
+            fresh = [entry_id for entry_id in entry_ids if entry_id not in self._seen]
+            self._seen.update(fresh)
+            self._queue.extend(fresh)
+            self._ready.notify()
+
+    def close(self) -> None:
+        """No more pages will come: hand over the rest and stop the thread once all is submitted."""
+        with self._ready:
+            self._closed = True
+            self._ready.notify()
+        self._thread.join()
+
+    def submitted(self) -> list[tuple[Future[dict[str, float]], int]]:
+        """Every chunk handed over, with its size; raises if handing over failed."""
+        if self._error is not None:
+            raise self._error
+        return list(self._submitted)
+
+    def _run(self) -> None:
+        with self._ready:
+            try:
+                while True:
+                    size = self._next_size()
+                    while size:
+                        chunk = [self._queue.popleft() for _ in range(size)]
+                        future = self._submit(chunk)
+                        self._in_flight += 1
+                        future.add_done_callback(self._finished)
+                        self._submitted.append((future, size))
+                        size = self._next_size()
+                    if self._closed and not self._queue:
+                        return
+                    self._ready.wait()
+            except BaseException as exc:  # surfaced by submitted(); the caller's thread must not hang
+                self._error = exc
+
+    def _next_size(self) -> int:
+        waiting = len(self._queue)
+        if not waiting or self._in_flight > self._workers:  # every worker busy, one chunk queued behind
+            return 0
+        if self._closed:
+            return max(1, min(HANDOVER_CHUNK, -(-waiting // (2 * self._workers))))
+        if self._in_flight < self._workers:
+            return min(HANDOVER_CHUNK, waiting)
+        return HANDOVER_CHUNK if waiting >= HANDOVER_CHUNK else 0
+
+    def _finished(self, _future: Future[dict[str, float]]) -> None:
+        with self._ready:
+            self._in_flight -= 1
+            self._ready.notify()

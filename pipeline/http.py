@@ -6,6 +6,7 @@ import ipaddress
 import logging
 import socket
 import time
+import zlib
 from urllib.parse import urljoin, urlsplit
 
 import urllib3
@@ -20,6 +21,7 @@ REDIRECT_CODES = frozenset({301, 302, 303, 307, 308})
 RETRYABLE_CODES = frozenset({408, 425, 429, 500, 502, 503, 504})
 ALLOWED_SCHEMES = frozenset({"http", "https"})
 CHUNK_SIZE = 64 * 1024
+GZIP_WBITS = 16 + zlib.MAX_WBITS  # zlib's setting for the gzip container
 KEPT_HEADERS = ("content-type", "etag", "last-modified", "content-location", "retry-after", "cache-control")
 
 
@@ -72,8 +74,13 @@ class HttpClient:
         accept: str = "*/*",
         etag: str | None = None,
         last_modified: str | None = None,
+        keep_gzip: bool = False,
     ) -> FetchResult:
-        """GET `url`, following redirects; conditional when validators are given."""
+        """GET `url`, following redirects; conditional when validators are given.
+
+        With `keep_gzip`, a gzip-encoded body is returned as sent (`body_encoding` "gzip"), after checking that
+        it decompresses completely within the size cap: storing it costs no compression of our own.
+        """
         started = time.monotonic()
         # headers given per request replace the pool's defaults, so the identity is added here
         headers = {**self._base_headers, "Accept": accept}
@@ -88,7 +95,7 @@ class HttpClient:
                 return self._failure(url, current, None, refusal, started, retryable=False)
             try:
                 response = self._pool.request(
-                    "GET", current, headers=headers, redirect=False, preload_content=False, decode_content=True
+                    "GET", current, headers=headers, redirect=False, preload_content=False, decode_content=False
                 )
             except Urllib3Error as exc:
                 return self._failure(url, current, None, f"connection failed: {_reason(exc)}", started,
@@ -101,7 +108,7 @@ class HttpClient:
                                              started, retryable=False)
                     current = urljoin(current, location)
                     continue
-                return self._read(url, current, response, started)
+                return self._read(url, current, response, started, keep_gzip)
             finally:
                 if not response.isclosed() and response.length_remaining != 0:
                     # an unread body (redirect, error page, refused content) would be taken for the next
@@ -122,7 +129,8 @@ class HttpClient:
         port = parts.port or (443 if parts.scheme.lower() == "https" else 80)
         return _address_error(parts.hostname, port)
 
-    def _read(self, url: str, final_url: str, response: urllib3.BaseHTTPResponse, started: float) -> FetchResult:
+    def _read(self, url: str, final_url: str, response: urllib3.BaseHTTPResponse, started: float,
+              keep_gzip: bool) -> FetchResult:
         kept = {name: response.headers[name] for name in KEPT_HEADERS if name in response.headers}
         if response.status == 304:
             return FetchResult(url, final_url, 304, kept, b"", time.monotonic() - started)
@@ -136,12 +144,15 @@ class HttpClient:
             return self._failure(url, final_url, response.status,
                                  f"body too large: Content-Length {declared} > {cap} bytes", started,
                                  retryable=False, headers=kept)
+        # a gzip body is kept as sent; its decompressed size is counted (output dropped) against the cap
+        gunzip = (zlib.decompressobj(GZIP_WBITS)
+                  if keep_gzip and response.headers.get("Content-Encoding", "").strip().lower() == "gzip" else None)
         chunks: list[bytes] = []
         size = 0
         deadline = started + self._settings.total_timeout
         try:
-            for chunk in response.stream(CHUNK_SIZE):
-                size += len(chunk)
+            for chunk in response.stream(CHUNK_SIZE, decode_content=gunzip is None):
+                size += len(chunk) if gunzip is None else _inflated_size(gunzip, chunk, cap - size + 1)
                 if size > cap:
                     return self._failure(url, final_url, response.status,
                                          f"body too large: over {cap} bytes", started, retryable=False,
@@ -151,10 +162,44 @@ class HttpClient:
                                          f"took longer than {self._settings.total_timeout:g} s", started,
                                          retryable=True, headers=kept)
                 chunks.append(chunk)
-        except Urllib3Error as exc:
+        except (Urllib3Error, zlib.error) as exc:
             return self._failure(url, final_url, response.status, f"reading body failed: {_reason(exc)}",
                                  started, retryable=True, headers=kept)
-        return FetchResult(url, final_url, response.status, kept, b"".join(chunks), time.monotonic() - started)
+        if gunzip is not None and not gunzip.eof:
+            return self._failure(url, final_url, response.status, "reading body failed: gzip body cut short",
+                                 started, retryable=True, headers=kept)
+        body = b"".join(chunks)
+        if gunzip is not None and gunzip.unused_data:
+            # bytes after the first gzip member (more members, or junk): keep what the server meant, decoded
+            return self._read_decoded(url, final_url, response.status, kept, body, started)
+        return FetchResult(url, final_url, response.status, kept, body, time.monotonic() - started,
+                           body_encoding="identity" if gunzip is None else "gzip")
+
+    def _read_decoded(self, url: str, final_url: str, status: int, kept: dict[str, str], body: bytes,
+                      started: float) -> FetchResult:
+        cap = self._settings.max_bytes
+        parts: list[bytes] = []
+        size = 0
+        data = body
+        while data:
+            member = zlib.decompressobj(GZIP_WBITS)
+            try:
+                piece = member.decompress(data, cap - size + 1)
+                while True:
+                    parts.append(piece)
+                    size += len(piece)
+                    if size > cap or not member.unconsumed_tail:
+                        break
+                    piece = member.decompress(member.unconsumed_tail, cap - size + 1)
+            except zlib.error:
+                break  # junk after a complete member is ignored, as browsers do
+            if size > cap or not member.eof:
+                break
+            data = member.unused_data
+        if size > cap:
+            return self._failure(url, final_url, status, f"body too large: over {cap} bytes", started,
+                                 retryable=False, headers=kept)
+        return FetchResult(url, final_url, status, kept, b"".join(parts), time.monotonic() - started)
 
     @staticmethod
     def _failure(
@@ -170,6 +215,16 @@ class HttpClient:
         LOGGER.info("fetch of %s failed: %s", url, error)
         return FetchResult(url, final_url, status, headers or {}, b"", time.monotonic() - started, error,
                            retryable)
+
+
+def _inflated_size(gunzip: zlib._Decompress, data: bytes, limit: int) -> int:
+    """How many bytes `data` decompresses to, stopping once past `limit` (a small gzip body can expand to
+    gigabytes); only `limit` bytes of output are held at a time."""
+    size = 0
+    while data and size <= limit:
+        size += len(gunzip.decompress(data, limit - size + 1))
+        data = gunzip.unconsumed_tail
+    return size
 
 
 def _reason(exc: Exception) -> str:

@@ -19,6 +19,8 @@ class FetchResult:
     elapsed: float
     error: str | None = None
     retryable: bool = False
+    # "gzip" when `body` is kept as the server compressed it (checked to decompress within the size cap)
+    body_encoding: str = "identity"
 
     @property
     def ok(self) -> bool:

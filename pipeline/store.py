@@ -12,6 +12,7 @@ from typing import Any
 from sqlalchemy import Connection, text
 
 from pipeline.dedupe import canonical_url
+from pipeline.http import GZIP_WBITS
 from pipeline.models import FeedEntry, FetchResult
 
 LOGGER = logging.getLogger(__name__)
@@ -210,11 +211,12 @@ def entries_to_fetch(
 
 
 def store_page(conn: Connection, entry_id: int, run_id: int, result: FetchResult) -> None:
-    """Keep a fetched page (zlib-compressed) and move its entry on to extraction, in one statement."""
+    """Keep a fetched page (gzip as the server sent it, else zlib-compressed here) and move its entry on to
+    extraction, in one statement."""
     conn.execute(text(
         "WITH page AS ("
         "  INSERT INTO pages (entry_id, url, final_url, http_status, content_type, body_encoding, body) "
-        "  VALUES (:entry_id, :url, :final_url, :http_status, :content_type, 'zlib', :body) "
+        "  VALUES (:entry_id, :url, :final_url, :http_status, :content_type, :encoding, :body) "
         "  ON CONFLICT (entry_id) DO UPDATE SET url = excluded.url, final_url = excluded.final_url, "
         "    http_status = excluded.http_status, content_type = excluded.content_type, "
         "    fetched_at = now(), body_encoding = excluded.body_encoding, body = excluded.body "
@@ -223,7 +225,13 @@ def store_page(conn: Connection, entry_id: int, run_id: int, result: FetchResult
         "  last_run_id = :run_id, updated_at = now() WHERE id = (SELECT entry_id FROM page)"
     ), {"entry_id": entry_id, "run_id": run_id, "url": result.url, "final_url": result.final_url,
         "http_status": result.status, "content_type": result.headers.get("content-type"),
-        "body": zlib.compress(result.body, PAGE_ZLIB_LEVEL)})
+        **_stored_body(result)})
+
+
+def _stored_body(result: FetchResult) -> dict[str, object]:
+    if result.body_encoding == "gzip":
+        return {"encoding": "gzip", "body": result.body}
+    return {"encoding": "zlib", "body": zlib.compress(result.body, PAGE_ZLIB_LEVEL)}
 
 
 def mark_entry_failed(
@@ -245,6 +253,14 @@ def fetched_entry_ids(conn: Connection, feed_ids: Sequence[int]) -> list[int]:
     return [int(row.id) for row in rows]
 
 
+def _decoded_body(encoding: str, body: bytes) -> bytes:
+    if encoding == "zlib":
+        return zlib.decompress(body)
+    if encoding == "gzip":  # one member, checked complete when fetched
+        return zlib.decompress(body, GZIP_WBITS)
+    return bytes(body)
+
+
 def fetched_pages(conn: Connection, entry_ids: Sequence[int]) -> list[FetchedPage]:
     """The stored pages of these entries (still waiting for extraction), decompressed."""
     rows = conn.execute(text(
@@ -259,7 +275,7 @@ def fetched_pages(conn: Connection, entry_ids: Sequence[int]) -> list[FetchedPag
         fields = dict(row._mapping)
         encoding = fields.pop("body_encoding")
         try:
-            fields["body"] = zlib.decompress(row.body) if encoding == "zlib" else bytes(row.body)
+            fields["body"] = _decoded_body(encoding, row.body)
         except zlib.error as exc:
             # one damaged row must not stop its batch: the entry is recorded as failed with this reason
             LOGGER.warning("stored page of entry %s is unreadable: %s", row.entry_id, exc)

@@ -44,6 +44,13 @@ def _chunked_large(handler: BaseHTTPRequestHandler) -> None:
         handler.wfile.write(b"x" * 4096)
 
 
+BOMB = gzip.compress(b"\0" * 20_000_000)  # 20 MB of zeros in about 20 kB
+
+
+def _gzip_route(body: bytes):
+    return respond(200, body, headers={"Content-Encoding": "gzip"})
+
+
 ROUTES = {
     "/ok": respond(200, PAGE),
     "/hop": _redirect("/ok"),
@@ -55,6 +62,10 @@ ROUTES = {
     "/gz": _gzipped,
     "/big-declared": respond(200, b"y" * 200_000),
     "/big-streamed": _chunked_large,
+    "/gz-bomb": _gzip_route(BOMB),
+    "/gz-cut": _gzip_route(gzip.compress(PAGE * 50)[:-30]),
+    "/gz-members": _gzip_route(gzip.compress(PAGE) + gzip.compress(b"<p>more</p>")),
+    "/gz-junk": _gzip_route(gzip.compress(PAGE) + b"trailing junk"),
 }
 
 
@@ -102,6 +113,31 @@ def test_conditional_get_sends_validators_and_accepts_304(server) -> None:
 
 def test_gzip_bodies_are_decoded(server) -> None:
     assert client().get(f"{server.base_url}/gz").body == PAGE
+
+
+def test_gzip_bodies_can_be_kept_as_sent_after_a_full_check(server) -> None:
+    kept = client().get(f"{server.base_url}/gz", keep_gzip=True)
+    assert kept.ok and kept.body_encoding == "gzip" and gzip.decompress(kept.body) == PAGE
+    plain = client().get(f"{server.base_url}/ok", keep_gzip=True)  # nothing to keep: the server did not compress
+    assert plain.ok and plain.body_encoding == "identity" and plain.body == PAGE
+
+
+@pytest.mark.parametrize("keep_gzip", [False, True])
+def test_a_decompression_bomb_stops_at_the_cap(server, keep_gzip: bool) -> None:
+    result = client(max_bytes=1_000_000).get(f"{server.base_url}/gz-bomb", keep_gzip=keep_gzip)
+    assert not result.ok and "body too large" in (result.error or "") and result.body == b""
+
+
+def test_a_gzip_body_cut_short_is_a_retryable_failure_not_a_stored_page(server) -> None:
+    result = client().get(f"{server.base_url}/gz-cut", keep_gzip=True)
+    assert not result.ok and result.retryable and "cut short" in (result.error or "")
+
+
+def test_gzip_bodies_with_more_members_or_trailing_junk_are_kept_decoded(server) -> None:
+    members = client().get(f"{server.base_url}/gz-members", keep_gzip=True)
+    assert members.ok and members.body_encoding == "identity" and members.body == PAGE + b"<p>more</p>"
+    junk = client().get(f"{server.base_url}/gz-junk", keep_gzip=True)
+    assert junk.ok and junk.body_encoding == "identity" and junk.body == PAGE
 
 
 @pytest.mark.parametrize("path", ["/big-declared", "/big-streamed"])
