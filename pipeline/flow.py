@@ -435,9 +435,10 @@ def _fetch_and_process_in_parallel(
 class _Dispatcher:
     """Hands stored pages to the worker processes from a thread of its own.
 
-    While pages keep coming, an idle worker gets whatever is waiting and a busy one a full chunk (one load
-    transaction per chunk); once fetching is over, chunks shrink with the work left (guided self-scheduling),
-    so that the workers finish together instead of one idling through the other's last chunk.
+    While pages keep coming, an idle worker gets its share of what is waiting, and one chunk of at least
+    HANDOVER_CHUNK pages queues behind busy workers; once fetching is over, chunks shrink with the work left
+    (guided self-scheduling), so that the workers finish together instead of one idling through the other's
+    last chunk. Chunks are at most PROCESS_CHUNK pages, one load transaction each.
     """
 
     def __init__(self, submit: Callable[[list[int]], Future[dict[str, float]]], workers: int) -> None:
@@ -495,11 +496,11 @@ class _Dispatcher:
         waiting = len(self._queue)
         if not waiting or self._in_flight > self._workers:  # every worker busy, one chunk queued behind
             return 0
-        if self._closed:
-            return max(1, min(HANDOVER_CHUNK, -(-waiting // (2 * self._workers))))
-        if self._in_flight < self._workers:
-            return min(HANDOVER_CHUNK, waiting)
-        return HANDOVER_CHUNK if waiting >= HANDOVER_CHUNK else 0
+        if self._closed:  # a share of what is left that shrinks towards one page
+            return max(1, min(PROCESS_CHUNK, -(-waiting // (2 * self._workers))))
+        if self._in_flight < self._workers:  # a worker is idle: its share of what is there now
+            return min(PROCESS_CHUNK, -(-waiting // self._workers))
+        return min(PROCESS_CHUNK, waiting) if waiting >= HANDOVER_CHUNK else 0
 
     def _finished(self, _future: Future[dict[str, float]]) -> None:
         with self._ready:

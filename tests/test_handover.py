@@ -103,7 +103,7 @@ def test_dispatcher_hands_every_page_over_once_in_bounded_chunks_that_shrink_at_
     assert sorted(handed) == list(range(200))
     assert sum(result["loaded"] for result in results) == 200
     sizes = [len(chunk) for chunk in recorder.chunks]
-    assert max(sizes) <= flow.HANDOVER_CHUNK
+    assert max(sizes) <= flow.PROCESS_CHUNK
     assert sizes[0] == 1  # the first worker starts on what has arrived instead of waiting for a full chunk
     assert sizes[-3:] == [1, 1, 1]  # the last pages go one at a time, so the workers end together
 
@@ -111,9 +111,10 @@ def test_dispatcher_hands_every_page_over_once_in_bounded_chunks_that_shrink_at_
 def test_dispatcher_gives_idle_workers_partial_chunks_while_fetching_goes_on() -> None:
     recorder = _Recorder(workers=2)
     dispatcher = flow._Dispatcher(recorder.submit, workers=2)
-    dispatcher.add([1, 2])
-    _wait_for(lambda: recorder.chunks)
-    assert recorder.chunks == [[1, 2]]  # not held back for a full chunk while a worker is idle
+    dispatcher.add([1, 2, 3])
+    _wait_for(lambda: len(recorder.chunks) >= 2)
+    # both idle workers get a share at once, although no full chunk has come in yet
+    assert recorder.chunks == [[1, 2], [3]]
     dispatcher.close()
     recorder.pool.shutdown()
 
