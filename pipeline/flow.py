@@ -211,10 +211,9 @@ class _PageFetcher:
         with self._engine.begin() as conn:
             # a page lost to a database crash before the WAL flush is simply fetched again by the next run
             conn.execute(text("SET LOCAL synchronous_commit = off"))
+            store.store_pages(conn, self._run_id, [(entry.id, result) for entry, result in chunk if result.ok])
             for entry, result in chunk:
-                if result.ok:
-                    store.store_page(conn, entry.id, self._run_id, result)
-                else:
+                if not result.ok:
                     store.mark_entry_failed(conn, entry.id, self._run_id, "page_failed",
                                             result.error or "fetch failed", retryable=result.retryable)
         if self._progress:

@@ -210,28 +210,36 @@ def entries_to_fetch(
     return [PendingEntry(row.id, row.url) for row in rows]
 
 
-def store_page(conn: Connection, entry_id: int, run_id: int, result: FetchResult) -> None:
-    """Keep a fetched page (gzip as the server sent it, else zlib-compressed here) and move its entry on to
-    extraction, in one statement."""
+def store_pages(conn: Connection, run_id: int, fetched: Sequence[tuple[int, FetchResult]]) -> None:
+    """Keep fetched pages (gzip as the server sent it, else zlib-compressed here) and move their entries on to
+    extraction, in one statement. `fetched` holds (entry id, successful result) pairs."""
+    if not fetched:
+        return
+    bodies = [_stored_body(result) for _entry_id, result in fetched]
     conn.execute(text(
         "WITH page AS ("
         "  INSERT INTO pages (entry_id, url, final_url, http_status, content_type, body_encoding, body) "
-        "  VALUES (:entry_id, :url, :final_url, :http_status, :content_type, :encoding, :body) "
+        "  SELECT * FROM unnest(CAST(:entry_ids AS bigint[]), CAST(:urls AS text[]), CAST(:final_urls AS text[]), "
+        "    CAST(:statuses AS integer[]), CAST(:content_types AS text[]), CAST(:encodings AS text[]), "
+        "    CAST(:bodies AS bytea[])) "
         "  ON CONFLICT (entry_id) DO UPDATE SET url = excluded.url, final_url = excluded.final_url, "
         "    http_status = excluded.http_status, content_type = excluded.content_type, "
         "    fetched_at = now(), body_encoding = excluded.body_encoding, body = excluded.body "
         "  RETURNING entry_id) "
         "UPDATE feed_entries SET status = 'fetched', attempts = attempts + 1, retryable = false, error = NULL, "
-        "  last_run_id = :run_id, updated_at = now() WHERE id = (SELECT entry_id FROM page)"
-    ), {"entry_id": entry_id, "run_id": run_id, "url": result.url, "final_url": result.final_url,
-        "http_status": result.status, "content_type": result.headers.get("content-type"),
-        **_stored_body(result)})
+        "  last_run_id = :run_id, updated_at = now() WHERE id IN (SELECT entry_id FROM page)"
+    ), {"run_id": run_id, "entry_ids": [entry_id for entry_id, _result in fetched],
+        "urls": [result.url for _entry_id, result in fetched],
+        "final_urls": [result.final_url for _entry_id, result in fetched],
+        "statuses": [result.status for _entry_id, result in fetched],
+        "content_types": [result.headers.get("content-type") for _entry_id, result in fetched],
+        "encodings": [encoding for encoding, _body in bodies], "bodies": [body for _encoding, body in bodies]})
 
 
-def _stored_body(result: FetchResult) -> dict[str, object]:
+def _stored_body(result: FetchResult) -> tuple[str, bytes]:
     if result.body_encoding == "gzip":
-        return {"encoding": "gzip", "body": result.body}
-    return {"encoding": "zlib", "body": zlib.compress(result.body, PAGE_ZLIB_LEVEL)}
+        return "gzip", result.body
+    return "zlib", zlib.compress(result.body, PAGE_ZLIB_LEVEL)
 
 
 def mark_entry_failed(
