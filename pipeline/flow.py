@@ -30,6 +30,7 @@ LOGGER = logging.getLogger(__name__)
 
 PROCESS_CHUNK = 25  # articles per load transaction
 HANDOVER_CHUNK = 5  # fetched pages per write, and per hand-over to a worker process
+FIRST_PAGES_WAIT = 1.0  # seconds the feed polling waits, once, for the first pages to be handed over
 PAGE_ACCEPT = "text/html,application/xhtml+xml;q=0.9,*/*;q=0.5"
 Progress = Callable[[int], None]
 
@@ -121,6 +122,10 @@ def fetch_feeds(
                     wanted = store.entries_to_fetch(conn, [feed.id], settings.max_page_attempts, window_start,
                                                     until)
                 pages.fetch(wanted)  # after the commit: the fetch threads write these rows
+                if on_stored and wanted:
+                    # let the first pages reach the waiting workers before parsing more feeds competes with
+                    # the fetch threads for the interpreter
+                    pages.first_write.wait(FIRST_PAGES_WAIT)
         finally:
             pages.finish()
     counts["pages_fetched"] += pages.fetched
@@ -178,6 +183,7 @@ class _PageFetcher:
         self._done: list[tuple[store.PendingEntry, FetchResult]] = []
         self._writes = 0
         self.fetched = self.failed = 0
+        self.first_write = threading.Event()
 
     def fetch(self, entries: Iterable[store.PendingEntry]) -> None:
         self._futures += [self._threads.submit(self._fetch_one, entry) for entry in entries]
@@ -220,6 +226,7 @@ class _PageFetcher:
             self._progress(len(chunk))
         if self._on_stored:
             self._on_stored([entry.id for entry, result in chunk if result.ok])
+        self.first_write.set()
 
 
 _SYNCED_TOPICS: set[tuple[str, str]] = set()
