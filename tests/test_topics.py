@@ -30,6 +30,8 @@ EXPECTED_TOPICS = {
     "korean-peninsula": ("Korean Peninsula", None),
     "dprk-sanctions": ("DPRK sanctions", "korean-peninsula"),
     "dprk-nuclear-missile": ("DPRK nuclear and missile programme", "korean-peninsula"),
+    "dprk-diplomacy": ("DPRK diplomacy and summits", "korean-peninsula"),
+    "dprk-human-rights": ("DPRK human rights", "korean-peninsula"),
     "thaad": ("THAAD deployment", "korean-peninsula"),
     "us-china-relations": ("US–China relations", None),
     "russia-sanctions": ("Russia sanctions", None),
@@ -152,18 +154,19 @@ def test_every_hit_has_json_evidence_whose_offsets_point_at_whole_words(taxonomy
         for hit in taxonomy.match(case.get("title"), case["body"]):
             evidence = hit.evidence
             assert json.loads(json.dumps(evidence)) == evidence
-            assert evidence["taxonomy_version"] == taxonomy.version
+            assert evidence["rule_version"] == taxonomy.rule_versions[hit.topic_id]
             assert hit.label == EXPECTED_TOPICS[hit.topic_id][0]
             for name, group in evidence["groups"].items():
-                assert sum(group["terms"].values()) >= sum(len(s) for s in group["offsets"].values()), name
-                for field_name, spans in group["offsets"].items():
-                    text = field_text(case, field_name)
-                    for start, end in spans:
-                        word = text[start:end]
-                        assert word and word == word.strip(), (case["name"], name, word)
-                        assert start == 0 or not text[start - 1].isalnum(), (case["name"], word)
-                        assert end == len(text) or not text[end].isalnum(), (case["name"], word)
-                        checked += 1
+                assert sum(group["terms"].values()) >= len(group["matches"]), name
+                for match in group["matches"]:
+                    text = field_text(case, match["field"])
+                    start, end = match["start"], match["end"]
+                    word = text[start:end]
+                    assert match["term"] in group["terms"], (case["name"], name, match)
+                    assert word and word == word.strip(), (case["name"], name, word)
+                    assert start == 0 or not text[start - 1].isalnum(), (case["name"], word)
+                    assert end == len(text) or not text[end].isalnum(), (case["name"], word)
+                    checked += 1
             for start, end in evidence["near"] or []:
                 assert 0 <= start < end <= len(case["body"])
                 assert "\n" not in case["body"][start:end]
@@ -184,7 +187,10 @@ def test_evidence_lists_terms_counts_offsets_and_snippet(taxonomy: Taxonomy) -> 
     hit = hit_for(taxonomy.match(title, body), "dprk-sanctions")
     groups = hit.evidence["groups"]
 
-    assert hit.evidence["rule"] == "near(dprk, any(sanctions, sanction_measures))"
+    assert hit.evidence["rule"] == (
+        "any(near(dprk, any(sanctions, sanction_measures)), "
+        "near[sentence](dprk, any(sanctions, sanction_measures), not(russia, iran, other_regimes)))"
+    )
     assert groups["dprk"]["terms"] == {"North Korea": 1, "Pyongyang": 1}
     assert groups["sanctions"]["terms"] == {
         "blacklist*": 1,
@@ -193,16 +199,20 @@ def test_evidence_lists_terms_counts_offsets_and_snippet(taxonomy: Taxonomy) -> 
         "ship-to-ship transfer*": 1,
     }
     assert "sanction_measures" not in groups  # nothing matched there
-    assert [title[s:e] for s, e in groups["sanctions"]["offsets"]["title"]] == ["blacklists"]
-    assert [body[s:e] for s, e in groups["sanctions"]["offsets"]["body"]] == [
-        "Office of Foreign Assets Control",
-        "sanctions",
-        "ship-to-ship transfers",
+    first = groups["sanctions"]["matches"][0]
+    assert (first["field"], title[first["start"] : first["end"]]) == ("title", "blacklists")
+    assert first["term"] == "blacklist*"
+    assert [(body[m["start"] : m["end"]], m["term"]) for m in groups["sanctions"]["matches"][1:]] == [
+        ("Office of Foreign Assets Control", "Office of Foreign Assets Control"),
+        ("sanctions", "sanction*"),
+        ("ship-to-ship transfers", "ship-to-ship transfer*"),
     ]
-    assert [body[s:e] for s, e in groups["dprk"]["offsets"]["body"]] == ["North Korea", "Pyongyang"]
-    assert groups["dprk"]["score"] == 2.0
-    assert groups["sanctions"]["score"] == 5.0  # 1 title hit x 2 + 3 body hits x 1
-    assert hit.score == 2.0  # the weakest required group
+    assert [body[m["start"] : m["end"]] for m in groups["dprk"]["matches"]] == ["North Korea", "Pyongyang"]
+    assert groups["dprk"]["score"] == 2.5  # 1 lead hit x 1.5 + 1 body hit x 1
+    assert groups["sanctions"]["score"] == 6.5  # 1 title hit x 2 + 3 lead hits x 1.5
+    # the weakest required group, in the paragraphs where the ideas meet (2.5) and in the one sentence that
+    # names both (1.5)
+    assert hit.score == 4.0
     paragraphs = body.split("\n\n")
     assert [body[s:e] for s, e in hit.evidence["near"]] == paragraphs[:2]  # the third names no DPRK term
 
@@ -265,16 +275,21 @@ def test_shorter_term_inside_a_longer_match_counts_for_its_own_group(mini: Taxon
 # Scoring and rules
 
 
-def test_a_title_match_weighs_twice_a_body_match(taxonomy: Taxonomy) -> None:
+def test_a_title_match_weighs_twice_a_body_match_and_the_lead_in_between(taxonomy: Taxonomy) -> None:
     sentence = "THAAD battery moves to Seongju"
     in_title = next(e for e in taxonomy.explain(sentence, "Residents protested.") if e.topic_id == "thaad")
-    in_body = next(
+    in_lead = next(
         e for e in taxonomy.explain(None, f"{sentence}. Residents protested.") if e.topic_id == "thaad"
     )
+    in_body = next(
+        e for e in taxonomy.explain(None, f"Residents protested.\n{sentence}.") if e.topic_id == "thaad"
+    )
 
-    assert in_title.score == 2 * in_body.score == 2.0
-    assert in_title.matched and not in_body.matched
-    assert in_body.reasons == ["score 1 below min_score 2"]
+    # the 'all' rule and the same-sentence rule both count: title 2 + 2, lead 1.5 + 1.5, body 1 + 1
+    assert in_title.score == 2 * in_body.score == 4.0
+    assert in_lead.score == 3.0
+    assert in_title.matched and in_lead.matched and not in_body.matched
+    assert in_body.reasons == ["score 2 below min_score 2.5"]
 
 
 def test_a_passing_mention_in_one_paragraph_is_not_enough(taxonomy: Taxonomy) -> None:
@@ -285,7 +300,7 @@ def test_a_passing_mention_in_one_paragraph_is_not_enough(taxonomy: Taxonomy) ->
     dprk = explanation["dprk-sanctions"]
     assert not dprk.matched
     assert dprk.terms["dprk"] == {"North Korea": 1}
-    assert "score 1 below min_score 2" in dprk.reasons
+    assert "score 1 below min_score 2.5" in dprk.reasons
 
 
 def test_near_needs_both_groups_in_one_paragraph(taxonomy: Taxonomy) -> None:
@@ -310,8 +325,9 @@ def test_near_counts_only_matches_in_paragraphs_where_the_items_meet(taxonomy: T
 
     assert explanation.terms["us"] == {"American": 1, "Washington": 1}  # two in the text ...
     assert explanation.terms["bilateral"] == {"tariff*": 1, "meeting*": 1}
-    assert explanation.score == 1.0  # ... but one each in the only paragraph where US, China and trade meet
-    assert explanation.reasons == ["score 1 below min_score 2"]
+    # ... but one each in the only paragraph (and sentence) where US, China and trade meet: 1 + 1
+    assert explanation.score == 2.0
+    assert explanation.reasons == ["score 2 below min_score 2.5"]
 
 
 def test_the_title_counts_as_part_of_every_paragraph(taxonomy: Taxonomy) -> None:
@@ -339,9 +355,9 @@ def test_explanations_serialise_with_a_one_line_summary(taxonomy: Taxonomy) -> N
 
     assert json.loads(json.dumps(explained)) == explained
     assert explained["thaad"]["summary"].startswith(
-        "score 4; thaad: THAAD x2, Terminal High Altitude Area Defense x1"
+        "score 9; thaad: THAAD x2, Terminal High Altitude Area Defense x1"
     )
-    assert explained["korean-peninsula"]["summary"].startswith("score 4; via thaad; dprk: North Korea x1")
+    assert explained["korean-peninsula"]["summary"].startswith("score 9; via thaad; dprk: North Korea x1")
     assert (
         explained["iran-sanctions"]["summary"]
         == "group 'iran' not found; none of sanctions, sanction_measures found"
@@ -394,7 +410,7 @@ def test_parent_without_a_rule_follows_its_children(tmp_path: Path) -> None:
 def test_match_is_sorted_by_topic_id_and_handles_empty_text(taxonomy: Taxonomy) -> None:
     case = CASES_BY_NAME["us-china-summit-on-korean-sanctions"]
     ids = hit_ids(taxonomy.match(case["title"], case["body"]))
-    assert ids == sorted(ids) and len(ids) == 4
+    assert ids == sorted(ids) and len(ids) == 5
     assert taxonomy.match(None, "") == []
     assert len(taxonomy.explain("", "")) == len(EXPECTED_TOPICS)
 
@@ -413,8 +429,9 @@ def test_version_is_a_hash_of_the_file_and_changes_with_it(tmp_path: Path, taxon
     changed = load_taxonomy(copy)
     assert changed.version != taxonomy.version
     assert changed.topics == taxonomy.topics
+    assert changed.rule_versions == taxonomy.rule_versions  # a comment changes no rule
     hits = changed.match("North Korea fires ICBM", "North Korea launched an ICBM.")
-    assert {hit.evidence["taxonomy_version"] for hit in hits} == {changed.version}
+    assert {hit.evidence["rule_version"] for hit in hits} == {changed.rule_versions[h.topic_id] for h in hits}
 
 
 def _topics_with(rule: Any = None, **fields: Any) -> dict[str, Any]:
@@ -443,7 +460,7 @@ INVALID_TAXONOMIES = {
     "missing label": (_topics_with(label=""), ["topic 'bad-topic'", "label"]),
     "unknown field": (_topics_with(**{"min-score": 2}), ["topic 'bad-topic'", "unknown field 'min-score'"]),
     "negative min_score": (_topics_with(min_score=-1), ["topic 'bad-topic'", "min_score"]),
-    "bad weight": (_topics_with(weights={"lead": 3}), ["topic 'bad-topic'", "weights", "'lead'"]),
+    "bad weight": (_topics_with(weights={"headline": 3}), ["topic 'bad-topic'", "weights", "'headline'"]),
     "unknown parent": (
         _topics_with(parent="nowhere"),
         ["topic 'bad-topic'", "parent: unknown topic 'nowhere'"],
@@ -512,11 +529,13 @@ def test_seed_article_is_tagged_dprk_sanctions_and_nuclear_but_not_thaad(taxonom
     lines = [line.strip() for line in SEED_ARTICLE.read_text(encoding="utf-8").splitlines() if line.strip()]
     _section, title, _byline, *paragraphs = lines  # the title apart, as extraction delivers it
     body = "\n".join(paragraphs)
-    expected = ["dprk-nuclear-missile", "dprk-sanctions", "korean-peninsula", "us-china-relations"]
+    expected = ["dprk-diplomacy", "dprk-nuclear-missile", "dprk-sanctions", "korean-peninsula", "us-china-relations"]
 
     hits = taxonomy.match(title, body)
     assert hit_ids(hits) == expected
-    assert hit_ids(taxonomy.match(None, "\n".join(lines))) == expected  # also as one undivided text
+    # as one undivided text: the same, except that "diplomatic" next to North Korea is now one body mention
+    # instead of a headline
+    assert hit_ids(taxonomy.match(None, "\n".join(lines))) == [t for t in expected if t != "dprk-diplomacy"]
     sanctions = hit_for(hits, "dprk-sanctions")
     assert sanctions.evidence["snippet"]["group"] == "sanctions"
     assert (
@@ -524,4 +543,4 @@ def test_seed_article_is_tagged_dprk_sanctions_and_nuclear_but_not_thaad(taxonom
     )
     thaad = next(e for e in taxonomy.explain(title, body) if e.topic_id == "thaad")
     assert thaad.terms["thaad"] == {"THAAD": 1}
-    assert thaad.reasons == ["score 1 below min_score 2"]  # one passing mention does not earn the topic
+    assert thaad.reasons == ["score 2 below min_score 2.5"]  # one passing mention does not earn the topic
