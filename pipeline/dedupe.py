@@ -1,4 +1,4 @@
-"""Dedup keys: canonical URLs and exact content hashes (near-duplicate clusters build on these)."""
+"""Dedup keys: canonical URLs and exact content hashes (near-duplicate signatures: pipeline/neardup.py)."""
 
 from __future__ import annotations
 
