@@ -29,7 +29,10 @@ sys.path.insert(0, str(REPO_ROOT))
 sys.path.insert(0, str(REPO_ROOT / "bench"))
 
 import aeb  # noqa: E402
+import dedup_bench  # noqa: E402
 import psycopg2  # noqa: E402
+import search_bench  # noqa: E402
+import topics_bench  # noqa: E402
 from sqlalchemy.engine import make_url  # noqa: E402
 
 from pipeline import db, demosite, flow, store  # noqa: E402
@@ -39,6 +42,7 @@ from pipeline.settings import Settings  # noqa: E402
 LOGGER = logging.getLogger("bench")
 RESULTS_DIR = REPO_ROOT / "bench" / "results"
 NEWSPLEASE_PYTHON = REPO_ROOT / ".venv-newsplease" / "bin" / "python"
+OPTIONAL_PARTS = ("topics", "dedup", "search")
 FEEDS_PER_CORPUS = 4
 WINDOW_START = datetime(2026, 1, 5, tzinfo=UTC)
 
@@ -265,6 +269,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--limit", type=int, help="only the first N AEB pages (a quick look)")
     parser.add_argument("--rounds", type=int, default=5, help="alternating measurement rounds (median kept)")
     parser.add_argument("--skip-newsplease", action="store_true", help="leave out the news-please comparison")
+    parser.add_argument("--skip", nargs="*", default=[], choices=OPTIONAL_PARTS,
+                        help="leave out these parts (topics: tagging quality and speed; dedup: near-duplicate "
+                             "quality and cost with 100k and 1M stored signatures, about 4 minutes; search: "
+                             "load cost of full-text search against extraction)")
     parser.add_argument("--out", type=Path, default=RESULTS_DIR / "latest.json", help="where to write the JSON")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
@@ -308,6 +316,16 @@ def main(argv: Sequence[str] | None = None) -> int:
             if not args.skip_newsplease:
                 log("AEB: news-please from_html side by side ...")
                 results["newsplease"] = newsplease(corpus)
+        if "topics" not in args.skip:
+            log("topics: labelled set and tagging speed ...")
+            results["topics"] = topics_bench.run_topics_bench()
+        if "search" not in args.skip:
+            log("search: load cost with and without full-text search ...")
+            results["search"] = search_bench.run_search_bench(databases=databases, corpus=args.corpus,
+                                                              limit=args.limit)
+        if "dedup" not in args.skip:
+            results["dedup"] = dedup_bench.run_dedup_bench(corpus=aeb.corpus_dir(args.corpus) if corpus else None,
+                                                           limit=args.limit, databases=databases, progress=log)
     finally:
         databases.close()
 
@@ -352,6 +370,12 @@ def render(results: dict[str, Any]) -> str:
                   f"  news-please       {np_mean:8.1f} ms/article mean, {np_median:.1f} median "
                   f"({np_result.get('errors', 0)} errors)",
                   f"  news-ingest is {np_mean / ours_ms:.1f}x cheaper (target >= 5x)", ""]
+    if "topics" in results:
+        lines += [*topics_bench.render_topics_bench(results["topics"]), ""]
+    if "search" in results:
+        lines += [*search_bench.render_search_bench(results["search"]), ""]
+    if "dedup" in results:
+        lines += [*dedup_bench.render_dedup_bench(results["dedup"]), ""]
     return "\n".join(lines)
 
 

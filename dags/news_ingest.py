@@ -2,7 +2,8 @@
 ### news_ingest
 
 Polls every enabled feed, fetches the pages of items published in the run's data interval, extracts each
-article with trafilatura, deduplicates (canonical URL, exact body), tags topics and upserts PostgreSQL.
+article with trafilatura, deduplicates (canonical URL, exact body, near-duplicate story clusters), tags
+topics and upserts PostgreSQL.
 
 * **start** opens the run's `ingest_runs` row for its data interval.
 * **plan** splits the enabled feeds into batches (ids only).
@@ -12,6 +13,14 @@ article with trafilatura, deduplicates (canonical URL, exact body), tags topics 
   stages share a task on purpose: they transform the same pages in memory, and splitting them would only
   send every extracted article through the database and back.
 * **finish** sums the per-batch counts into `ingest_runs`; it fails the run if any batch failed.
+* **check_<name>** (one task per data-quality gate: empty bodies, missing dates, future dates, duplicate ratio,
+  failed feeds, topic coverage) measures what the run did, records it in `quality_checks`, logs a warning past
+  `NEWS_QC_<NAME>_WARN` and fails past `NEWS_QC_<NAME>_FAIL`, naming the check, the value and the threshold.
+* **publish** updates the Asset `news_articles` (uri `news-ingest://news_db/articles`) when the run inserted or
+  changed articles and every gate held, so DAGs scheduled on it (e.g. `news_aggregates`) run after it.
+
+A failed task is logged as an alert, and POSTed to `NEWS_ALERT_WEBHOOK` and mailed to `NEWS_ALERT_EMAIL` when
+they are set.
 
 Bodies stay in Postgres; XCom carries ids and counts. Every write is an upsert on a natural key, so
 re-running a run, or `airflow backfill create` over past dates, never duplicates rows.
@@ -26,11 +35,25 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from airflow.sdk import CronDataIntervalTimetable, Param, dag, task
+from airflow.sdk import Asset, CronDataIntervalTimetable, Param, dag, task
 
+from pipeline.quality import CHECK_NAMES
 from pipeline.settings import Settings
 
 SETTINGS = Settings.from_env()
+# the articles table, as downstream DAGs see it: updated by `publish` after a run changed articles
+ARTICLES = Asset(name="news_articles", uri="news-ingest://news_db/articles", group="news")
+
+
+def _alert_on_failure(context: dict[str, Any]) -> None:
+    """A failed task (after its retries): log it, and POST / mail it when NEWS_ALERT_* is set."""
+    from pipeline import alerts
+
+    ti = context["ti"]
+    alerts.notify_failure(Settings.from_env(), f"{ti.dag_id}.{ti.task_id} failed", {
+        "dag_id": ti.dag_id, "task_id": ti.task_id, "run_id": ti.run_id, "map_index": ti.map_index,
+        "try_number": ti.try_number, "error": str(context.get("exception") or "unknown")})
+
 
 DEFAULT_ARGS = {
     "owner": "news-ingest",
@@ -39,6 +62,7 @@ DEFAULT_ARGS = {
     "retry_exponential_backoff": True,
     "max_retry_delay": timedelta(minutes=15),
     "execution_timeout": timedelta(minutes=45),
+    "on_failure_callback": _alert_on_failure,
 }
 
 
@@ -117,12 +141,37 @@ def news_ingest() -> None:
             raise RuntimeError(error)
         return totals
 
+    @task
+    def check(name: str, run: dict[str, Any]) -> dict[str, Any]:
+        from airflow.sdk.exceptions import AirflowFailException
+
+        from pipeline import quality
+
+        with _engine().begin() as conn:  # the result is committed before a breach fails the task
+            result = quality.run_check(conn, Settings.from_env(), run["ingest_run_id"], name)
+        if result.outcome == "failed":
+            raise AirflowFailException(result.message)  # a breach is data, not an outage: no retry
+        return {"check": name, "outcome": result.outcome, "value": result.value, "message": result.message}
+
+    @task(outlets=[ARTICLES])
+    def publish(run: dict[str, Any], totals: dict[str, float], outlet_events: Any = None) -> dict[str, Any]:
+        from airflow.sdk.exceptions import AirflowSkipException
+
+        if not totals.get("loaded"):
+            raise AirflowSkipException("no article inserted or changed: downstream DAGs need not run")
+        extra = {"ingest_run_id": run["ingest_run_id"], "since": run["since"], "until": run["until"],
+                 "loaded": int(totals["loaded"])}
+        outlet_events[ARTICLES].extra = extra
+        return extra
+
     run = start()
     batches = plan(run)
     fetched = fetch.partial(run=run).expand(feed_ids=batches)
     processed = process.partial(run=run).expand(feed_ids=batches)
     fetched >> processed
-    finish(run, batches, fetched, processed)
+    totals = finish(run, batches, fetched, processed)
+    checks = [check.override(task_id=f"check_{name}")(name, run) for name in CHECK_NAMES]
+    totals >> checks >> publish(run, totals)
 
 
 news_ingest()

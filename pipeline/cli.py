@@ -11,12 +11,16 @@ from collections.abc import Sequence
 from dataclasses import fields
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 from sqlalchemy import Engine, text
 
 from pipeline import db, flow, store
 from pipeline.settings import Settings, SettingsError, describe
+
+if TYPE_CHECKING:
+    from pipeline.topics import Taxonomy
 
 LOGGER = logging.getLogger(__name__)
 
@@ -64,6 +68,8 @@ def build_parser() -> argparse.ArgumentParser:
     for action, verb in (("enable", "poll"), ("disable", "stop polling")):
         toggle = feed_commands.add_parser(action, help=f"{verb} a registered feed")
         toggle.add_argument("url", help="the feed URL as registered")
+        if action == "disable":
+            toggle.add_argument("--reason", help="why, shown in the feed_health view (cleared by enable)")
 
     run = commands.add_parser("run", help="one ingestion pass without Airflow",
                               description="Poll every enabled feed and ingest the items published in "
@@ -79,7 +85,48 @@ def build_parser() -> argparse.ArgumentParser:
     ext.add_argument("source", help="an HTML file or an http(s) URL")
     ext.add_argument("--url", help="the page's URL, when SOURCE is a file (used for the canonical URL)")
     ext.add_argument("--json", action="store_true", help="print JSON instead of text")
+    ext.add_argument("--explain", action="store_true",
+                     help="per topic: the rule, the score against min_score, every term found with where, the "
+                          "snippet and the evidence that would be stored, or why it missed")
 
+    topics = commands.add_parser("topics", help="the topic taxonomy: check it, re-tag stored articles")
+    topic_commands = topics.add_subparsers(dest="topics_command", required=True, metavar="ACTION")
+    check = topic_commands.add_parser(
+        "check", help="validate the taxonomy file and report rules that can never match or always overlap",
+        description="Validate a taxonomy file (default: NEWS_TAXONOMY, else pipeline/taxonomy.yaml) and report "
+                    "rules that can never match (error, exit 1), rules that always overlap another topic and "
+                    "terms that never count on their own (warnings).")
+    check.add_argument("file", nargs="?", type=Path, help="taxonomy YAML file")
+    check.add_argument("--strict", action="store_true", help="exit 1 on warnings too")
+    retag = topic_commands.add_parser(
+        "retag", help="re-tag stored articles with the current taxonomy, without fetching anything",
+        description="Tag stored articles again from their stored title and body and replace their topic rows, "
+                    "one transaction per chunk of articles. Rows that do not change are not touched, so a second "
+                    "retag changes nothing. Articles are chosen by publication time (else first sighting) in "
+                    "[--since, --until); without either bound, every stored article.")
+    retag.add_argument("--since", type=_parse_when, help="interval start (ISO date or date-time, UTC if no zone)")
+    retag.add_argument("--until", type=_parse_when, help="interval end, exclusive")
+    retag.add_argument("--taxonomy", type=Path, help="taxonomy file (default: NEWS_TAXONOMY, else the packaged one)")
+    retag.add_argument("--chunk-size", type=int, default=500, help="articles per transaction (default 500)")
+    retag.add_argument("--run-key", help="name of the re-tag in retag_runs (default: cli__retag__<time>)")
+
+    clusters = commands.add_parser("clusters", help="story clusters: sign stored articles for near-copy lookup")
+    cluster_commands = clusters.add_subparsers(dest="clusters_command", required=True, metavar="ACTION")
+    cluster_commands.add_parser("sign", help="sign the articles stored before migration 0003 or under other "
+                                             "NEWS_SHINGLE_WORDS / NEWS_MINHASH_PERMUTATIONS / NEWS_LSH_BANDS, "
+                                             "so later copies find them (cluster ids do not change)")
+    report = commands.add_parser(
+        "report", help="topic counts per day, top stories and feed health as tables, and a PNG chart",
+        description="Refresh the analyst aggregates, then print articles per topic and UTC day, the stories with "
+                    "the most copies and the health of every feed for publication times in [--since, --until) "
+                    "(default: the last 7 days), and draw the daily volume per topic as a PNG.")
+    report.add_argument("--since", type=_parse_when, help="window start (ISO date or date-time, UTC if no zone)")
+    report.add_argument("--until", type=_parse_when, help="window end, exclusive (default: the end of today, UTC)")
+    report.add_argument("--topic", help="only this topic (its id or label, any case)")
+    report.add_argument("--top", type=int, default=10, help="stories listed (default 10)")
+    report.add_argument("--chart", type=Path, default=Path("topic-volume.png"),
+                        help="where to write the PNG chart (default ./topic-volume.png)")
+    report.add_argument("--no-chart", action="store_true", help="print the tables only")
     commands.add_parser("summary", help="articles, duplicates, topics and per-feed status of the database")
     commands.add_parser("settings", help="print every setting with its current value")
     return parser
@@ -110,6 +157,8 @@ def _dispatch(args: argparse.Namespace, settings: Settings) -> int:
         return _extract(args, settings)
     if args.command == "db":
         return _db(args, settings)
+    if args.command == "topics" and args.topics_command == "check":
+        return _topics_check(args, settings)
     engine = db.connect(settings)
     if args.command == "feeds":
         return _feeds(args, engine)
@@ -118,7 +167,27 @@ def _dispatch(args: argparse.Namespace, settings: Settings) -> int:
     if args.command == "summary":
         print(render_summary(engine))
         return 0
+    if args.command == "report":
+        return _report(args, engine)
+    if args.command == "topics":
+        return _topics_retag(args, settings, engine)
+    if args.command == "clusters":
+        return _sign_clusters(settings, engine)
     raise CliError(f"unknown command {args.command}")
+
+
+def _sign_clusters(settings: Settings, engine: Engine) -> int:
+    from pipeline import neardup
+
+    scheme, signed = neardup.scheme_for(settings), 0
+    while True:
+        with engine.begin() as conn:  # one transaction per slice: a long backfill holds no lock for long
+            count = neardup.sign_stored(conn, scheme)
+        signed += count
+        if not count:
+            break
+    print(f"signed {signed} article(s) with scheme {scheme.name}")
+    return 0
 
 
 def _db(args: argparse.Namespace, settings: Settings) -> int:
@@ -195,9 +264,31 @@ def _feeds(args: argparse.Namespace, engine: Engine) -> int:
                        f.url + (f"  ({f.last_error})" if f.last_error else "")] for f in feeds]))
         return 0
     with engine.begin() as conn:
-        if not store.set_feed_enabled(conn, args.url, args.feeds_command == "enable"):
+        if not store.set_feed_enabled(conn, args.url, args.feeds_command == "enable", getattr(args, "reason", None)):
             raise CliError(f"no feed registered with URL {args.url}")
     print(f"{args.feeds_command}d {args.url}")
+    return 0
+
+
+def _report(args: argparse.Namespace, engine: Engine) -> int:
+    from pipeline import report
+
+    until = args.until or datetime.now(UTC).replace(hour=0, minute=0, second=0, microsecond=0) + timedelta(days=1)
+    since = args.since or until - timedelta(days=7)
+    if since >= until:
+        raise CliError(f"--since {since.isoformat()} is not before --until {until.isoformat()}")
+    if args.top < 1:
+        raise CliError("--top must be at least 1")
+    with engine.begin() as conn:
+        report.refresh_aggregates(conn)
+    with engine.begin() as conn:
+        try:
+            figures = report.build_report(conn, since, until, args.topic, args.top)
+        except report.UnknownTopicError as exc:
+            raise CliError(str(exc)) from None
+    print(report.render_text(figures))
+    if not args.no_chart:
+        print(f"\nchart: {report.render_chart(figures, args.chart)}")
     return 0
 
 
@@ -243,7 +334,6 @@ def _extract(args: argparse.Namespace, settings: Settings) -> int:
     from pipeline.dedupe import choose_canonical, content_hash, word_count
     from pipeline.extract import extract
     from pipeline.http import HttpClient
-    from pipeline.topics import load_taxonomy
 
     source: str = args.source
     if source.lower().startswith(("http://", "https://")):
@@ -259,8 +349,9 @@ def _extract(args: argparse.Namespace, settings: Settings) -> int:
             raise CliError(f"cannot read {source}: {exc.strerror}") from None
         page_url = args.url or Path(source).resolve().as_uri()
     extraction = extract(html, page_url, min_words=settings.min_words)
-    taxonomy = load_taxonomy(settings.taxonomy_path)
+    taxonomy = _taxonomy(settings.taxonomy_path)
     explanations = taxonomy.explain(extraction.title, extraction.body) if extraction.ok else []
+    evidence = taxonomy.evidence(extraction.title, extraction.body) if extraction.ok and args.explain else {}
     report = {
         "canonical_url": choose_canonical(page_url, extraction.canonical_url),
         "url": page_url,
@@ -274,23 +365,26 @@ def _extract(args: argparse.Namespace, settings: Settings) -> int:
         "content_hash": content_hash(extraction.body) if extraction.ok else None,
         "error": extraction.error,
         "taxonomy_version": taxonomy.version,
-        "topics": [explanation.as_dict() for explanation in explanations],
+        "topics": [{**explanation.as_dict(), **({"evidence": evidence.get(explanation.topic_id)}
+                                                 if args.explain else {})} for explanation in explanations],
         "body": extraction.body,
     }
     if args.json:
         print(json.dumps(report, indent=2, ensure_ascii=False, default=str))
     else:
-        print(_extract_text(report))
+        print(_extract_text(report, explain=args.explain))
     return 0 if extraction.ok else 1
 
 
-def _extract_text(report: dict[str, object]) -> str:
+def _extract_text(report: dict[str, object], explain: bool = False) -> str:
     lines = [f"{key:<18} {report[key]}" for key in ("canonical_url", "url", "declared_canonical", "title",
                                                       "author", "published", "language", "sitename",
-                                                      "word_count", "content_hash", "error")]
+                                                      "word_count", "content_hash", "error", "taxonomy_version")]
     lines.append("topics:")
     for topic in report["topics"]:  # type: ignore[attr-defined]
         lines.append(f"  {'+' if topic['matched'] else '-'} {topic['label']}: {topic['summary']}")
+        if explain:
+            lines.extend(_explain_lines(topic))
     lines.extend(["", "body:", str(report["body"])])
     return "\n".join(lines)
 
@@ -299,6 +393,7 @@ def render_summary(engine: Engine) -> str:
     """The state of the database in a few tables, for people (the demo prints it)."""
     with engine.begin() as conn:
         articles = conn.execute(text("SELECT count(*) FROM articles")).scalar_one()
+        story_count = conn.execute(text("SELECT count(*) FROM story_clusters")).scalar_one()
         entry_rows = conn.execute(text(
             "SELECT status, count(*) AS n FROM feed_entries GROUP BY status ORDER BY status")).all()
         topic_rows = conn.execute(text(
@@ -314,6 +409,7 @@ def render_summary(engine: Engine) -> str:
     by_status = {row.status: row.n for row in entry_rows}
     parts = [
         f"articles stored:          {articles}",
+        f"stories:                  {story_count} (an article and its copies on other outlets count once)",
         f"duplicates merged:        {by_status.get('duplicate', 0)} feed items pointed at an article already stored",
         f"extraction failures:      {by_status.get('extract_failed', 0)}",
         f"page fetch failures:      {by_status.get('page_failed', 0)}",
@@ -342,3 +438,69 @@ def _table(headers: list[str], rows: list[list[object]]) -> str:
     lines = ["  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip() for row in cells]
     lines.insert(1, "  ".join("-" * w for w in widths))
     return "\n".join(lines)
+
+
+def _taxonomy(path: Path | None) -> Taxonomy:
+    from pipeline.topics import TaxonomyError, load_taxonomy
+
+    try:
+        return load_taxonomy(path)
+    except TaxonomyError as exc:
+        raise CliError(str(exc)) from None
+
+
+def _explain_lines(topic: dict[str, Any]) -> list[str]:
+    """The detail of `extract --explain` under one topic's line."""
+    lines = [f"      rule: {topic['rule'] or '(assigned through its child topics)'}; score {topic['score']:g}, "
+             f"min_score {topic['min_score']:g}"]
+    evidence = topic.get("evidence") or {}
+    matches = {name: group.get("matches", []) for name, group in (evidence.get("groups") or {}).items()}
+    for name, terms in topic["terms"].items():
+        if not terms:
+            lines.append(f"      {name}: nothing found")
+            continue
+        found = ", ".join(f"{term} x{count}" for term, count in terms.items())
+        where = ", ".join(f"{m['field']} {m['start']}-{m['end']}" for m in matches.get(name, []))
+        lines.append(f"      {name}: {found}" + (f" (at {where})" if where else ""))
+    snippet = evidence.get("snippet")
+    if snippet:
+        lines.append(f"      snippet ({snippet['group']}, {snippet['field']}): {snippet['text']}")
+    return lines
+
+
+def _topics_check(args: argparse.Namespace, settings: Settings) -> int:
+    from pipeline.topics import DEFAULT_TAXONOMY, check_taxonomy
+
+    path = args.file or settings.taxonomy_path or DEFAULT_TAXONOMY
+    taxonomy = _taxonomy(path)
+    findings = check_taxonomy(taxonomy)
+    for finding in findings:
+        print(finding)
+    errors = sum(f.level == "error" for f in findings)
+    warnings = len(findings) - errors
+    terms = sum(len(items) for items in taxonomy.groups.values())
+    print(f"{path}: version {taxonomy.version}, {len(taxonomy.topics)} topics, {len(taxonomy.groups)} groups, "
+          f"{terms} terms: {errors} error(s), {warnings} warning(s)")
+    return 1 if errors or (args.strict and warnings) else 0
+
+
+def _topics_retag(args: argparse.Namespace, settings: Settings, engine: Engine) -> int:
+    from pipeline import retag
+
+    if args.since and args.until and args.since >= args.until:
+        raise CliError(f"--since {args.since.isoformat()} is not before --until {args.until.isoformat()}")
+    if args.chunk_size < 1:
+        raise CliError("--chunk-size must be at least 1")
+    taxonomy = _taxonomy(args.taxonomy or settings.taxonomy_path)
+    run_key = args.run_key or f"cli__retag__{datetime.now(UTC).isoformat(timespec='seconds')}"
+    with engine.begin() as conn:
+        total = retag.count_articles(conn, args.since, args.until)
+    from tqdm import tqdm
+
+    with tqdm(total=total, desc="retag", unit="article", disable=not sys.stderr.isatty()) as bar:
+        run_id, counts = retag.retag(engine, taxonomy, run_key=run_key, since=args.since, until=args.until,
+                                     chunk_size=args.chunk_size, progress=bar.update)
+    print(f"retag {run_id} ({run_key}) with taxonomy {taxonomy.version}: {counts.articles} articles, "
+          f"{counts.articles_changed} changed; topic rows {counts.rows_added} added, {counts.rows_updated} "
+          f"updated, {counts.rows_removed} removed")
+    return 0

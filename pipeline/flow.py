@@ -23,6 +23,7 @@ from pipeline.feeds import FEED_ACCEPT, in_window, parse_feed
 from pipeline.http import HttpClient
 from pipeline.load import LoadItem, load_articles, sync_topics
 from pipeline.models import Article, Extraction, FetchResult
+from pipeline.neardup import scheme_for
 from pipeline.settings import Settings
 from pipeline.topics import Taxonomy, load_taxonomy
 
@@ -30,6 +31,7 @@ LOGGER = logging.getLogger(__name__)
 
 PROCESS_CHUNK = 25  # articles per load transaction
 HANDOVER_CHUNK = 5  # fetched pages per write, and per hand-over to a worker process
+HANDOVER_MEMORY = 64 * 1024 * 1024  # bytes of fetched pages waiting in memory for a worker; the rest wait by id
 FIRST_PAGES_WAIT = 1.0  # seconds the feed polling waits, once, for the first pages to be handed over
 PAGE_ACCEPT = "text/html,application/xhtml+xml;q=0.9,*/*;q=0.5"
 Progress = Callable[[int], None]
@@ -97,14 +99,14 @@ def fetch_feeds(
     since: datetime,
     until: datetime,
     progress: Progress | None = None,
-    on_stored: Callable[[list[int]], None] | None = None,
+    on_stored: Callable[[list[store.FetchedPage]], None] | None = None,
 ) -> dict[str, float]:
     """Poll each feed, queue its items, and fetch the pages of its queued items published in the interval.
 
     Every item a feed lists is stored, so a later backfill of its date finds it even after the feed has
     dropped it. A feed's pages are fetched on background threads while the next feeds are polled. A failing
-    feed or page is recorded and the others go on. `on_stored` is called (from a fetch thread) with the entry
-    ids of each committed chunk of pages, so a caller can start extracting them while fetching goes on.
+    feed or page is recorded and the others go on. `on_stored` is called (from a fetch thread) with each
+    committed chunk of pages, so a caller can start extracting them while fetching goes on.
     """
     counts = {"feeds_polled": 0, "feeds_failed": 0, "entries_seen": 0, "entries_new": 0, "pages_fetched": 0,
               "pages_failed": 0, "fetch_seconds": 0.0}
@@ -131,9 +133,9 @@ def fetch_feeds(
     counts["pages_fetched"] += pages.fetched
     counts["pages_failed"] += pages.failed
     counts["fetch_seconds"] = time.monotonic() - started
-    LOGGER.info("fetch: %d feeds polled (%d failed), %d items seen, %d new, %d pages fetched, %d failed",
+    LOGGER.info("fetch: %d feeds polled (%d failed), %d items seen, %d new, %d pages fetched, %d failed, %.2f s",
                 counts["feeds_polled"], counts["feeds_failed"], counts["entries_seen"], counts["entries_new"],
-                pages.fetched, pages.failed)
+                pages.fetched, pages.failed, counts["fetch_seconds"])
     return counts
 
 
@@ -174,7 +176,7 @@ class _PageFetcher:
     in one transaction and hands their ids on; the first chunks are small so extraction can start at once."""
 
     def __init__(self, engine: Engine, client: HttpClient, settings: Settings, run_id: int,
-                 progress: Progress | None, on_stored: Callable[[list[int]], None] | None) -> None:
+                 progress: Progress | None, on_stored: Callable[[list[store.FetchedPage]], None] | None) -> None:
         self._engine, self._client, self._run_id = engine, client, run_id
         self._progress, self._on_stored = progress, on_stored
         self._threads = ThreadPoolExecutor(max(1, settings.page_concurrency), thread_name_prefix="page")
@@ -225,7 +227,7 @@ class _PageFetcher:
         if self._progress:
             self._progress(len(chunk))
         if self._on_stored:
-            self._on_stored([entry.id for entry, result in chunk if result.ok])
+            self._on_stored([store.page_in_hand(entry, result) for entry, result in chunk if result.ok])
         self.first_write.set()
 
 
@@ -283,17 +285,23 @@ def process_entries(
     engine: Engine,
     settings: Settings,
     run_id: int,
-    entry_ids: Sequence[int],
+    entries: Sequence[int | store.FetchedPage],
     progress: Progress | None = None,
 ) -> dict[str, float]:
-    """Extract, dedupe, tag and load fetched pages, one transaction per chunk of articles."""
+    """Extract, dedupe, tag and load fetched pages, one transaction per chunk of articles. Each entry is an
+    entry id, whose stored page is read back, or a page this run has just fetched and stored, in hand."""
     counts = {"extraction_failures": 0, "duplicates": 0, "loaded": 0, "tagged": 0, "extract_seconds": 0.0,
               "tag_seconds": 0.0, "load_seconds": 0.0}
     taxonomy = _ready_taxonomy(engine, settings)
-    for offset in range(0, len(entry_ids), PROCESS_CHUNK):
-        chunk = entry_ids[offset:offset + PROCESS_CHUNK]
-        with engine.begin() as conn:
-            pages = store.fetched_pages(conn, chunk)
+    pages_read = 0
+    for offset in range(0, len(entries), PROCESS_CHUNK):
+        chunk = entries[offset:offset + PROCESS_CHUNK]
+        pages = [entry for entry in chunk if isinstance(entry, store.FetchedPage)]
+        stored = [entry for entry in chunk if not isinstance(entry, store.FetchedPage)]
+        if stored:
+            with engine.begin() as conn:
+                pages += store.fetched_pages(conn, stored)
+        pages_read += len(pages)
         items: list[LoadItem] = []
         failures: list[tuple[int, str]] = []
         for page in pages:
@@ -316,7 +324,7 @@ def process_entries(
             # their entries' status), which the next run processes again from the stored pages
             conn.execute(text("SET LOCAL synchronous_commit = off"))
             outcome = load_articles(conn, items, run_id=run_id, extractor_version=EXTRACTOR_VERSION,
-                                    taxonomy_version=taxonomy.version)
+                                    taxonomy_version=taxonomy.version, scheme=scheme_for(settings))
             for entry_id, error in failures:
                 store.mark_entry_failed(conn, entry_id, run_id, "extract_failed", error)
         counts["load_seconds"] += time.perf_counter() - tick
@@ -326,8 +334,12 @@ def process_entries(
         counts["tagged"] += outcome.tagged
         if progress:
             progress(len(pages))
-    LOGGER.info("process: %d loaded, %d duplicates, %d extraction failures, %d tagged", counts["loaded"],
-                counts["duplicates"], counts["extraction_failures"], counts["tagged"])
+    # one line per stage, so a task log shows where the items went and the time went
+    LOGGER.info("extract: %d pages, %d extraction failures, %.2f s", pages_read, counts["extraction_failures"],
+                counts["extract_seconds"])
+    LOGGER.info("tag: %d articles with a topic, %.2f s", counts["tagged"], counts["tag_seconds"])
+    LOGGER.info("dedupe and load: %d loaded, %d duplicates, %.2f s", counts["loaded"], counts["duplicates"],
+                counts["load_seconds"])
     return counts
 
 
@@ -353,11 +365,14 @@ def end_run(engine: Engine, run_id: int, parts: Iterable[dict[str, float]], erro
     totals = sum_counts(parts)
     with engine.begin() as conn:
         store.finish_run(conn, run_id, totals, "failed" if error else "success", error)
+    LOGGER.info("finish: run %s %s: %s", run_id, "failed" if error else "success",
+                ", ".join(f"{name} {totals.get(name, 0):g}" for name in (*store.RUN_COUNTERS, *store.RUN_TIMERS)))
     return totals
 
 
-def _process_in_child(url: str, settings: Settings, run_id: int, entry_ids: list[int]) -> dict[str, float]:
-    return process_entries(engine_for(url), settings, run_id, entry_ids)
+def _process_in_child(url: str, settings: Settings, run_id: int, entries: list[int | store.FetchedPage]
+                      ) -> dict[str, float]:
+    return process_entries(engine_for(url), settings, run_id, entries)
 
 
 def _warm_child(url: str, settings: Settings) -> None:
@@ -447,11 +462,14 @@ class _Dispatcher:
     last chunk. Chunks are at most PROCESS_CHUNK pages, one load transaction each.
     """
 
-    def __init__(self, submit: Callable[[list[int]], Future[dict[str, float]]], workers: int) -> None:
+    def __init__(self, submit: Callable[[list[int | store.FetchedPage]], Future[dict[str, float]]], workers: int,
+                 memory: int = HANDOVER_MEMORY) -> None:
         self._submit, self._workers = submit, workers
         self._ready = threading.Condition()
-        self._queue: deque[int] = deque()
+        self._queue: deque[int | store.FetchedPage] = deque()
         self._seen: set[int] = set()
+        self._memory = memory  # bytes of page bodies the queue may still hold
+
         self._in_flight = 0
         self._closed = False
         self._submitted: list[tuple[Future[dict[str, float]], int]] = []
@@ -459,12 +477,21 @@ class _Dispatcher:
         self._thread = threading.Thread(target=self._run, name="dispatch", daemon=True)
         self._thread.start()
 
-    def add(self, entry_ids: Iterable[int]) -> None:
-        """Queue stored pages (ids already queued are ignored); callable from any thread."""
+    def add(self, entries: Iterable[int | store.FetchedPage]) -> None:
+        """Queue stored pages, in hand or by entry id (entries already queued are ignored); callable from any
+        thread. Past the memory budget, a page in hand is queued by its id and read back by its worker."""
         with self._ready:
-            fresh = [entry_id for entry_id in entry_ids if entry_id not in self._seen]
-            self._seen.update(fresh)
-            self._queue.extend(fresh)
+            for entry in entries:
+                entry_id = entry.entry_id if isinstance(entry, store.FetchedPage) else entry
+                if entry_id in self._seen:
+                    continue
+                self._seen.add(entry_id)
+                if isinstance(entry, store.FetchedPage):
+                    if len(entry.body) > self._memory:
+                        entry = entry_id
+                    else:
+                        self._memory -= len(entry.body)
+                self._queue.append(entry)
             self._ready.notify()
 
     def close(self) -> None:
@@ -487,6 +514,7 @@ class _Dispatcher:
                     size = self._next_size()
                     while size:
                         chunk = [self._queue.popleft() for _ in range(size)]
+                        self._memory += sum(len(e.body) for e in chunk if isinstance(e, store.FetchedPage))
                         future = self._submit(chunk)
                         self._in_flight += 1
                         future.add_done_callback(self._finished)

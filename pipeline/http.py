@@ -78,8 +78,9 @@ class HttpClient:
     ) -> FetchResult:
         """GET `url`, following redirects; conditional when validators are given.
 
-        With `keep_gzip`, a gzip-encoded body is returned as sent (`body_encoding` "gzip"), after checking that
-        it decompresses completely within the size cap: storing it costs no compression of our own.
+        With `keep_gzip`, a gzip-encoded body is returned as sent (`body_encoding` "gzip", so storing it costs
+        no compression of our own) once it has decompressed completely within the size cap; the decompressed
+        bytes come along in `decoded`.
         """
         started = time.monotonic()
         # headers given per request replace the pool's defaults, so the identity is added here
@@ -148,11 +149,12 @@ class HttpClient:
         gunzip = (zlib.decompressobj(GZIP_WBITS)
                   if keep_gzip and response.headers.get("Content-Encoding", "").strip().lower() == "gzip" else None)
         chunks: list[bytes] = []
+        decoded: list[bytes] = []
         size = 0
         deadline = started + self._settings.total_timeout
         try:
             for chunk in response.stream(CHUNK_SIZE, decode_content=gunzip is None):
-                size += len(chunk) if gunzip is None else _inflated_size(gunzip, chunk, cap - size + 1)
+                size += len(chunk) if gunzip is None else _inflate(gunzip, chunk, cap - size, decoded)
                 if size > cap:
                     return self._failure(url, final_url, response.status,
                                          f"body too large: over {cap} bytes", started, retryable=False,
@@ -172,8 +174,10 @@ class HttpClient:
         if gunzip is not None and gunzip.unused_data:
             # bytes after the first gzip member (more members, or junk): keep what the server meant, decoded
             return self._read_decoded(url, final_url, response.status, kept, body, started)
+        if gunzip is None:
+            return FetchResult(url, final_url, response.status, kept, body, time.monotonic() - started)
         return FetchResult(url, final_url, response.status, kept, body, time.monotonic() - started,
-                           body_encoding="identity" if gunzip is None else "gzip")
+                           body_encoding="gzip", decoded=b"".join(decoded))
 
     def _read_decoded(self, url: str, final_url: str, status: int, kept: dict[str, str], body: bytes,
                       started: float) -> FetchResult:
@@ -217,12 +221,14 @@ class HttpClient:
                            retryable)
 
 
-def _inflated_size(gunzip: zlib._Decompress, data: bytes, limit: int) -> int:
-    """How many bytes `data` decompresses to, stopping once past `limit` (a small gzip body can expand to
-    gigabytes); only `limit` bytes of output are held at a time."""
+def _inflate(gunzip: zlib._Decompress, data: bytes, limit: int, into: list[bytes]) -> int:
+    """Decompress `data` into `into`, stopping once past `limit` bytes (a small gzip body can expand to
+    gigabytes, so no more than `limit` + 1 bytes are ever produced); returns how many were."""
     size = 0
     while data and size <= limit:
-        size += len(gunzip.decompress(data, limit - size + 1))
+        piece = gunzip.decompress(data, limit - size + 1)
+        into.append(piece)
+        size += len(piece)
         data = gunzip.unconsumed_tail
     return size
 

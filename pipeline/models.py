@@ -21,6 +21,13 @@ class FetchResult:
     retryable: bool = False
     # "gzip" when `body` is kept as the server compressed it (checked to decompress within the size cap)
     body_encoding: str = "identity"
+    # the decompressed bytes of a body kept gzip-encoded, for extraction in this run (never stored)
+    decoded: bytes | None = field(default=None, repr=False, compare=False)
+
+    @property
+    def content(self) -> bytes:
+        """The body as the page is: decompressed."""
+        return self.body if self.decoded is None else self.decoded
 
     @property
     def ok(self) -> bool:

@@ -90,6 +90,26 @@ class Settings:
     min_words: int = field(
         default=20, metadata=_doc("Shortest body, in words, stored as an article.", "NEWS_MIN_WORDS")
     )
+    shingle_words: int = field(
+        default=5,
+        metadata=_doc("Words per shingle of the near-duplicate signature (changing it: run `clusters sign`).",
+                      "NEWS_SHINGLE_WORDS"),
+    )
+    minhash_permutations: int = field(
+        default=64,
+        metadata=_doc("MinHash values per signature (changing it: run `clusters sign`).",
+                      "NEWS_MINHASH_PERMUTATIONS"),
+    )
+    lsh_bands: int = field(
+        default=16,
+        metadata=_doc("LSH bands the permutations are split into; must divide them (changing it: run "
+                      "`clusters sign`).", "NEWS_LSH_BANDS"),
+    )
+    near_duplicate_threshold: float = field(
+        default=0.4,
+        metadata=_doc("Estimated Jaccard similarity of shingles from which a new article joins a stored "
+                      "article's story cluster (0 to 1).", "NEWS_NEAR_DUPLICATE_THRESHOLD"),
+    )
     taxonomy_path: Path | None = field(
         default=None,
         metadata=_doc("Topic taxonomy YAML file. Empty: the reviewed pipeline/taxonomy.yaml.", "NEWS_TAXONOMY"),
@@ -116,6 +136,95 @@ class Settings:
     max_active_runs: int = field(
         default=4, metadata=_doc("Runs of news_ingest allowed at once (backfills included).",
                                  "NEWS_MAX_ACTIVE_RUNS")
+    )
+    qc_empty_bodies_warn: float = field(
+        default=0.01,
+        metadata=_doc("Share of a run's processed feed items whose page gave no article text: "
+                      "above this, the quality gate warns.",
+                      "NEWS_QC_EMPTY_BODIES_WARN"),
+    )
+    qc_empty_bodies_fail: float = field(
+        default=0.25,
+        metadata=_doc("Share of a run's processed feed items whose page gave no article text: "
+                      "above this, the quality gate fails the run (1: never).",
+                      "NEWS_QC_EMPTY_BODIES_FAIL"),
+    )
+    qc_missing_dates_warn: float = field(
+        default=0.05,
+        metadata=_doc("Share of a run's loaded articles without a publication time: "
+                      "above this, the quality gate warns.",
+                      "NEWS_QC_MISSING_DATES_WARN"),
+    )
+    qc_missing_dates_fail: float = field(
+        default=0.5,
+        metadata=_doc("Share of a run's loaded articles without a publication time: "
+                      "above this, the quality gate fails the run (1: never).",
+                      "NEWS_QC_MISSING_DATES_FAIL"),
+    )
+    qc_future_dates_warn: float = field(
+        default=0.0,
+        metadata=_doc("Share of a run's loaded articles published over an hour after they were stored: "
+                      "above this, the quality gate warns.",
+                      "NEWS_QC_FUTURE_DATES_WARN"),
+    )
+    qc_future_dates_fail: float = field(
+        default=0.05,
+        metadata=_doc("Share of a run's loaded articles published over an hour after they were stored: "
+                      "above this, the quality gate fails the run (1: never).",
+                      "NEWS_QC_FUTURE_DATES_FAIL"),
+    )
+    qc_duplicate_ratio_warn: float = field(
+        default=0.3,
+        metadata=_doc("Share of a run's extracted items that were duplicates of a stored article: "
+                      "above this, the quality gate warns.",
+                      "NEWS_QC_DUPLICATE_RATIO_WARN"),
+    )
+    qc_duplicate_ratio_fail: float = field(
+        default=1.0,
+        metadata=_doc("Share of a run's extracted items that were duplicates of a stored article: "
+                      "above this, the quality gate fails the run (1: never).",
+                      "NEWS_QC_DUPLICATE_RATIO_FAIL"),
+    )
+    qc_failed_feeds_warn: float = field(
+        default=0.05,
+        metadata=_doc("Share of a run's feed polls that failed: above this, the quality gate warns.",
+                      "NEWS_QC_FAILED_FEEDS_WARN"),
+    )
+    qc_failed_feeds_fail: float = field(
+        default=0.5,
+        metadata=_doc("Share of a run's feed polls that failed: "
+                      "above this, the quality gate fails the run (1: never).",
+                      "NEWS_QC_FAILED_FEEDS_FAIL"),
+    )
+    qc_topic_coverage_warn: float = field(
+        default=0.01,
+        metadata=_doc("Share of a run's loaded articles with at least one topic: below this, the quality gate warns.",
+                      "NEWS_QC_TOPIC_COVERAGE_WARN"),
+    )
+    qc_topic_coverage_fail: float = field(
+        default=0.0,
+        metadata=_doc("Share of a run's loaded articles with at least one topic: "
+                      "below this, the quality gate fails the run (0: never).",
+                      "NEWS_QC_TOPIC_COVERAGE_FAIL"),
+    )
+    qc_min_rows: int = field(
+        default=10,
+        metadata=_doc("Rows a quality check needs before a breach can fail the run; on fewer it only warns.",
+                      "NEWS_QC_MIN_ROWS"),
+    )
+    alert_webhook: str | None = field(
+        default=None,
+        metadata=_doc("URL that a failed news_ingest task POSTs a JSON alert to (empty: none).",
+                      "NEWS_ALERT_WEBHOOK"),
+    )
+    alert_email: str | None = field(
+        default=None,
+        metadata=_doc("Comma-separated addresses e-mailed when a news_ingest task fails (empty: none).",
+                      "NEWS_ALERT_EMAIL"),
+    )
+    smtp_host: str = field(
+        default="localhost:25",
+        metadata=_doc("SMTP server (host:port) for the alert e-mails.", "NEWS_SMTP_HOST"),
     )
 
     @classmethod
@@ -152,8 +261,14 @@ def _parse(name: str, env: str, raw: str) -> object:
             return value
         if isinstance(default, float):
             value = float(raw)
+            if name.startswith("qc_"):  # shares: 0 and 1 switch a threshold off
+                if not 0 <= value <= 1:
+                    raise ValueError("must be a share between 0 and 1")
+                return value
             if value <= 0:
                 raise ValueError("must be positive")
+            if name == "near_duplicate_threshold" and value > 1:
+                raise ValueError("must be at most 1")
             return value
         if isinstance(default, timedelta):
             amount = float(raw)

@@ -42,8 +42,15 @@ class FeedRow:
 
 @dataclass(frozen=True)
 class PendingEntry:
+    """A feed entry whose page is wanted, with what its feed said (so its page can go to extraction as is)."""
+
     id: int
     url: str
+    title: str | None = None
+    author: str | None = None
+    published_at: datetime | None = None
+    source: str = ""
+    source_id: int = 0
 
 
 @dataclass(frozen=True)
@@ -85,9 +92,14 @@ def upsert_feed(conn: Connection, url: str, source_id: int, title: str | None = 
     return int(row.id), bool(row.created)
 
 
-def set_feed_enabled(conn: Connection, url: str, enabled: bool) -> bool:
-    result = conn.execute(text("UPDATE feeds SET enabled = :enabled, updated_at = now() WHERE url = :url"),
-                          {"enabled": enabled, "url": url})
+def set_feed_enabled(conn: Connection, url: str, enabled: bool, reason: str | None = None) -> bool:
+    """Start or stop polling a feed; disabling records `reason` (shown in feed_health), enabling clears it."""
+    result = conn.execute(text(
+        "UPDATE feeds SET enabled = :enabled, updated_at = now(), "
+        "  disabled_reason = CASE WHEN :enabled THEN NULL ELSE :reason END, "
+        "  disabled_at = CASE WHEN :enabled THEN NULL WHEN enabled THEN now() ELSE disabled_at END "
+        "WHERE url = :url"
+    ), {"enabled": enabled, "url": url, "reason": reason})
     return result.rowcount > 0
 
 
@@ -202,12 +214,22 @@ def entries_to_fetch(
     """Entries of these feeds published in [since, until) (or undated) whose page is still wanted: never
     fetched, or failed transiently fewer than `max_attempts` times."""
     rows = conn.execute(text(
-        "SELECT id, url FROM feed_entries WHERE feed_id = ANY(:feed_ids) "
-        "  AND (published_at IS NULL OR (published_at >= :since AND published_at < :until)) "
-        "  AND (status = 'pending' OR (status = 'page_failed' AND retryable AND attempts < :max_attempts)) "
-        "ORDER BY published_at NULLS LAST, id"
+        "SELECT e.id, e.url, e.title, e.author, e.published_at, s.name AS source, s.id AS source_id "
+        "FROM feed_entries e JOIN feeds f ON f.id = e.feed_id JOIN sources s ON s.id = f.source_id "
+        "WHERE e.feed_id = ANY(:feed_ids) "
+        "  AND (e.published_at IS NULL OR (e.published_at >= :since AND e.published_at < :until)) "
+        "  AND (e.status = 'pending' OR (e.status = 'page_failed' AND e.retryable AND e.attempts < :max_attempts)) "
+        "ORDER BY e.published_at NULLS LAST, e.id"
     ), {"feed_ids": list(feed_ids), "max_attempts": max_attempts, "since": since, "until": until})
-    return [PendingEntry(row.id, row.url) for row in rows]
+    return [PendingEntry(**row._mapping) for row in rows]
+
+
+def page_in_hand(entry: PendingEntry, result: FetchResult) -> FetchedPage:
+    """A page just fetched and stored, as extraction would read it back from `pages`."""
+    return FetchedPage(entry_id=entry.id, entry_url=entry.url, final_url=result.final_url, title=entry.title,
+                       author=entry.author, published_at=entry.published_at, source=entry.source,
+                       source_id=entry.source_id, content_type=result.headers.get("content-type"),
+                       body=result.content)
 
 
 def store_pages(conn: Connection, run_id: int, fetched: Sequence[tuple[int, FetchResult]]) -> None:

@@ -48,13 +48,14 @@ def test_feeds_import_list_run_and_summary(cli_env: None, demo_base_url: str, tm
     assert main(["feeds", "import", str(opml)]) == 0
     assert "(0 new)" in capsys.readouterr().out
     assert main(["run", "--since", "2026-11-02", "--until", "2026-11-09"]) == 0
-    assert "50 articles loaded" in capsys.readouterr().out
+    assert "52 articles loaded" in capsys.readouterr().out  # each outlet's copy of a story is a row
     assert main(["feeds", "list"]) == 0
     listing = capsys.readouterr().out
     assert "Meridian Wire" in listing and listing.count(" ok ") == 7
     assert main(["summary"]) == 0
     summary = capsys.readouterr().out
-    assert "articles stored:          50" in summary and "DPRK sanctions" in summary
+    assert "articles stored:          52" in summary and "DPRK sanctions" in summary
+    assert "stories:                  45 " in summary
     assert main(["feeds", "disable", f"{demo_base_url}{site.feeds[0].path}"]) == 0
     assert main(["feeds", "list"]) == 0
     assert capsys.readouterr().out.count(" no ") == 1

@@ -41,7 +41,9 @@ def parsed() -> dict:
 
 def test_dag_folder_has_no_import_errors(parsed: dict) -> None:
     assert parsed["errors"] == {}
-    assert parsed["tasks"] == ["fetch", "finish", "plan", "process", "start"]
+    gates = ["check_duplicate_ratio", "check_empty_bodies", "check_failed_feeds", "check_future_dates",
+             "check_missing_dates", "check_topic_coverage"]
+    assert parsed["tasks"] == sorted(["fetch", "finish", "plan", "process", "publish", "start", *gates])
 
 
 def test_parsing_touches_no_database_code(parsed: dict) -> None:

@@ -38,12 +38,27 @@ def snapshot(engine: Engine) -> dict[str, list[tuple]]:
             "article_topics": [tuple(r) for r in conn.execute(text(
                 "SELECT * FROM article_topics ORDER BY article_id, topic_id"))],
             "topics": [tuple(r) for r in conn.execute(text("SELECT * FROM topics ORDER BY id"))],
+            "story_clusters": [tuple(r) for r in conn.execute(text("SELECT * FROM story_clusters ORDER BY id"))],
         }
 
 
 def _article_id_by_url(engine: Engine) -> dict[str, int]:
     with engine.connect() as conn:
         return {row.canonical_url: row.id for row in conn.execute(text("SELECT id, canonical_url FROM articles"))}
+
+
+def _cluster_by_url(engine: Engine) -> dict[str, int]:
+    with engine.connect() as conn:
+        return dict(conn.execute(text("SELECT canonical_url, cluster_id FROM articles")).all())
+
+
+def _story_count(engine: Engine) -> int:
+    """Stories in the analyst view; each must have as many copies as articles point at its cluster."""
+    with engine.connect() as conn:
+        stories = conn.execute(text("SELECT story_id, copies FROM stories")).all()
+        sizes = dict(conn.execute(text("SELECT cluster_id, count(*) FROM articles GROUP BY cluster_id")).all())
+    assert {row.story_id: row.copies for row in stories} == sizes
+    return len(stories)
 
 
 def test_demo_week_lands_once_per_article(engine: Engine, settings: Settings, site: demosite.DemoSite,
@@ -55,9 +70,11 @@ def test_demo_week_lands_once_per_article(engine: Engine, settings: Settings, si
         stored = conn.execute(text("SELECT count(*) FROM articles")).scalar_one()
         statuses = dict(conn.execute(text("SELECT status, count(*) FROM feed_entries GROUP BY status")).all())
         run = conn.execute(text("SELECT * FROM ingest_runs WHERE run_key = 'week'")).one()
-    assert stored == expected["after_exact_dedupe"]
-    assert statuses == {"loaded": stored, "duplicate": 6, "page_failed": 1, "extract_failed": 1}
-    assert run.status == "success" and run.loaded == stored and run.duplicates == 6
+    # every outlet's copy is a row (52 canonical URLs); URL variants of one page are its 4 duplicate items
+    assert stored == expected["articles_served"]
+    assert statuses == {"loaded": stored, "duplicate": 4, "page_failed": 1, "extract_failed": 1}
+    assert run.status == "success" and run.loaded == stored and run.duplicates == 4
+    assert _story_count(engine) == expected["after_near_dedupe"]
     assert (run.feeds_polled, run.feeds_failed, run.entries_new) == (10, 1, expected["all_feed_entries"])
     assert run.extraction_failures == 1 and run.pages_failed == 1
     assert totals["loaded"] == stored
@@ -72,13 +89,15 @@ def test_url_variants_exact_copies_and_shared_quotes_are_told_apart(
     for group in site.expected["url_variant_groups"]:
         canonical = group["canonical"].replace("{base}", demo_base_url)
         assert canonical in ids, f"{group['key']} did not land under its canonical URL"
-    for original, copy in site.expected["exact_groups"]:
-        stored = [site.article(key).canonical_url(demo_base_url) in ids for key in (original, copy)]
-        assert stored.count(True) == 1, f"exact copies {original}/{copy} should be one row"
-    for group in site.expected["near_groups"]:
-        assert all(site.article(key).canonical_url(demo_base_url) in ids for key in group), group
+    clusters = _cluster_by_url(engine)
+    for group in [*site.expected["exact_groups"], *site.expected["near_groups"]]:
+        urls = [site.article(key).canonical_url(demo_base_url) for key in group]
+        assert all(url in ids for url in urls), f"each outlet's copy of {group[0]} should be a row"
+        assert len({clusters[url] for url in urls}) == 1, f"copies {group} should be one story"
     for pair in site.expected["shared_quote_pairs"]:
-        assert all(site.article(key).canonical_url(demo_base_url) in ids for key in pair["articles"])
+        urls = [site.article(key).canonical_url(demo_base_url) for key in pair["articles"]]
+        assert all(url in ids for url in urls)
+        assert clusters[urls[0]] != clusters[urls[1]], f"{pair['articles']} share a quote, not a story"
     with engine.connect() as conn:
         variants = conn.execute(text(
             "SELECT e.url, a.canonical_url FROM feed_entries e JOIN articles a ON a.id = e.article_id "
@@ -135,7 +154,8 @@ def test_a_run_keeps_only_entries_published_in_its_interval(
     _run(engine, settings, "rest", WEEK_START, WEEK_END)
     with engine.connect() as conn:
         assert conn.execute(text("SELECT count(*) FROM articles")).scalar_one() == (
-            site.expected["counts"]["after_exact_dedupe"])
+            site.expected["counts"]["articles_served"])
+    assert _story_count(engine) == site.expected["counts"]["after_near_dedupe"]
 
 
 def test_overlapping_runs_in_parallel_do_not_duplicate(
@@ -148,7 +168,9 @@ def test_overlapping_runs_in_parallel_do_not_duplicate(
     with engine.connect() as conn:
         stored = conn.execute(text("SELECT count(*) FROM articles")).scalar_one()
         hashes = conn.execute(text("SELECT count(DISTINCT content_hash) FROM articles")).scalar_one()
-    assert stored == hashes == site.expected["counts"]["after_exact_dedupe"]
+    counts = site.expected["counts"]
+    assert (stored, hashes) == (counts["articles_served"], counts["after_exact_dedupe"])
+    assert _story_count(engine) == counts["after_near_dedupe"]
 
 
 def test_interval_comes_from_the_data_interval_or_explicit_bounds() -> None:

@@ -146,3 +146,40 @@ def test_a_feed_whose_poll_fails_still_retries_its_pending_pages(engine: Engine,
     with engine.connect() as conn:
         status = conn.execute(text("SELECT status FROM feed_entries")).scalar_one()
     assert counts["feeds_failed"] == 1 and counts["pages_fetched"] == 1 and status == "fetched"
+
+
+def _page(entry_id: int, size: int) -> store.FetchedPage:
+    return store.FetchedPage(entry_id=entry_id, entry_url=f"http://example.test/{entry_id}",
+                             final_url=f"http://example.test/{entry_id}", title=None, author=None,
+                             published_at=None, source="Example", source_id=1, content_type="text/html",
+                             body=b"x" * size)
+
+
+def test_pages_in_hand_past_the_memory_budget_wait_by_id() -> None:
+    recorder = _Recorder(workers=1, seconds_per_page=0.05)
+    dispatcher = flow._Dispatcher(recorder.submit, workers=1, memory=2500)
+    dispatcher.add([_page(1, 1000)])
+    _wait_for(lambda: recorder.chunks)  # the first page is with the worker: the budget is whole again
+    dispatcher.add([_page(n, 1000) for n in range(2, 6)])  # 1,000 bytes each against a budget of 2,500
+    dispatcher.close()
+    recorder.pool.shutdown()
+    handed = [entry for chunk in recorder.chunks for entry in chunk]
+    kinds = {(e.entry_id if isinstance(e, store.FetchedPage) else e): isinstance(e, store.FetchedPage)
+             for e in handed}
+    assert kinds == {1: True, 2: True, 3: True, 4: False, 5: False}
+
+
+def test_pages_in_hand_load_exactly_as_pages_read_back(
+    engine: Engine, settings: Settings, demo_base_url: str
+) -> None:
+    site = demosite.load_site()
+    with engine.begin() as conn:
+        demosite.register_feeds(conn, site, demo_base_url)
+    run_id = flow.open_run(engine, "in-hand", "cli", WEEK_START, WEEK_END)
+    in_hand: list[store.FetchedPage] = []
+    flow.fetch_feeds(engine, settings, run_id, flow.feed_batches(engine, settings)[0], WEEK_START, WEEK_END,
+                     on_stored=in_hand.extend)
+    with engine.connect() as conn:
+        read_back = {page.entry_id: page for page in store.fetched_pages(conn, [p.entry_id for p in in_hand])}
+    assert in_hand and {page.entry_id for page in in_hand} == set(read_back)
+    assert all(page == read_back[page.entry_id] for page in in_hand)
