@@ -172,15 +172,18 @@ def _poll_feed(conn: Connection, client: HttpClient, feed: store.FeedRow, run_id
 
 
 class _PageFetcher:
-    """Fetches pages on `page_concurrency` threads. Each thread, when enough pages have come in, writes them
-    in one transaction and hands their ids on; the first chunks are small so extraction can start at once."""
+    """Fetches pages on `page_concurrency` threads; one writer thread stores them a chunk per transaction (one
+    database session for all the fetch threads) and hands each chunk on. The first chunks are single pages,
+    so extraction can start at once."""
 
     def __init__(self, engine: Engine, client: HttpClient, settings: Settings, run_id: int,
                  progress: Progress | None, on_stored: Callable[[list[store.FetchedPage]], None] | None) -> None:
         self._engine, self._client, self._run_id = engine, client, run_id
         self._progress, self._on_stored = progress, on_stored
         self._threads = ThreadPoolExecutor(max(1, settings.page_concurrency), thread_name_prefix="page")
+        self._writer = ThreadPoolExecutor(1, thread_name_prefix="page-writer")
         self._futures: list[Future[None]] = []
+        self._written: list[Future[None]] = []
         self._lock = threading.Lock()
         self._done: list[tuple[store.PendingEntry, FetchResult]] = []
         self._writes = 0
@@ -200,18 +203,21 @@ class _PageFetcher:
                 return
             chunk, self._done = self._done, []
             self._writes += 1
-        self._write(chunk)
+            self._written.append(self._writer.submit(self._write, chunk))
 
     def finish(self) -> None:
-        """Wait for every fetch, write what is left, and raise the first error a write hit."""
+        """Wait for every fetch and write, write what is left, and raise the first error met."""
         try:
             for future in self._futures:
                 future.result()
         finally:
             self._threads.shutdown()
-        if self._done:
-            chunk, self._done = self._done, []
-            self._write(chunk)
+            if self._done:
+                chunk, self._done = self._done, []
+                self._written.append(self._writer.submit(self._write, chunk))
+            self._writer.shutdown()
+        for future in self._written:
+            future.result()
 
     def _write(self, chunk: list[tuple[store.PendingEntry, FetchResult]]) -> None:
         # rows locked in id order: overlapping runs writing the same entries cannot deadlock
@@ -432,7 +438,8 @@ def _fetch_and_process_in_parallel(
     url = engine.url.render_as_string(hide_password=False)
     engine.dispose()  # the children must not inherit open connections
     context = multiprocessing.get_context("fork")
-    with ProcessPoolExecutor(settings.workers, mp_context=context, initializer=forget_engines) as pool:
+    pool = ProcessPoolExecutor(settings.workers, mp_context=context, initializer=forget_engines)
+    try:
         # the first submit forks every worker, before any thread of ours exists (forking beside running
         # threads is unsafe); the workers warm up while the feeds are polled
         for _ in range(settings.workers):
@@ -451,6 +458,14 @@ def _fetch_and_process_in_parallel(
             parts.append(future.result())
             if process_progress:
                 process_progress(size)
+    except BaseException:
+        pool.shutdown(wait=True, cancel_futures=True)  # the run ends once nothing of it is still writing
+        raise
+    pool.shutdown(wait=False)  # every result is in: the workers exit on their own, the run need not wait
+
+
+def _body_size(entry: int | store.FetchedPage) -> int:
+    return len(entry.body) if isinstance(entry, store.FetchedPage) else 0
 
 
 class _Dispatcher:
@@ -495,9 +510,11 @@ class _Dispatcher:
             self._ready.notify()
 
     def close(self) -> None:
-        """No more pages will come: hand over the rest and stop the thread once all is submitted."""
+        """No more pages will come: hand over the rest, largest pages first (so that a big page does not
+        end the run on one worker while the other idles), and stop the thread once all is submitted."""
         with self._ready:
             self._closed = True
+            self._queue = deque(sorted(self._queue, key=_body_size, reverse=True))
             self._ready.notify()
         self._thread.join()
 

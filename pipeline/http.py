@@ -49,7 +49,7 @@ class HttpClient:
         self._settings = settings
         self._pool = urllib3.PoolManager(
             num_pools=32,
-            maxsize=max(1, settings.page_concurrency),
+            maxsize=max(1, settings.page_concurrency) + 1,  # the page threads and the thread polling feeds
             # one quiet retry on a connect or read error covers keep-alive connections the server closed while
             # pooled; everything else (statuses, redirects) is decided here
             retries=urllib3.Retry(total=1, connect=1, read=1, redirect=0, status=0, other=0,
