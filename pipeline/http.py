@@ -145,17 +145,19 @@ class HttpClient:
             return self._failure(url, final_url, response.status,
                                  f"body too large: Content-Length {declared} > {cap} bytes", started,
                                  retryable=False, headers=kept)
-        # a gzip body is kept as sent; its decompressed size is counted (output dropped) against the cap
+        # a gzip body is kept as sent and decompressed alongside; both sizes are held to the cap (bytes after
+        # the end of the gzip stream decompress to nothing, so the raw size is checked too)
         gunzip = (zlib.decompressobj(GZIP_WBITS)
                   if keep_gzip and response.headers.get("Content-Encoding", "").strip().lower() == "gzip" else None)
         chunks: list[bytes] = []
         decoded: list[bytes] = []
-        size = 0
+        size = raw = 0
         deadline = started + self._settings.total_timeout
         try:
             for chunk in response.stream(CHUNK_SIZE, decode_content=gunzip is None):
+                raw += len(chunk)
                 size += len(chunk) if gunzip is None else _inflate(gunzip, chunk, cap - size, decoded)
-                if size > cap:
+                if size > cap or raw > cap:
                     return self._failure(url, final_url, response.status,
                                          f"body too large: over {cap} bytes", started, retryable=False,
                                          headers=kept)

@@ -66,6 +66,7 @@ ROUTES = {
     "/gz-cut": _gzip_route(gzip.compress(PAGE * 50)[:-30]),
     "/gz-members": _gzip_route(gzip.compress(PAGE) + gzip.compress(b"<p>more</p>")),
     "/gz-junk": _gzip_route(gzip.compress(PAGE) + b"trailing junk"),
+    "/gz-endless-junk": _gzip_route(gzip.compress(PAGE) + b"j" * 300_000),
 }
 
 
@@ -120,6 +121,11 @@ def test_gzip_bodies_can_be_kept_as_sent_after_a_full_check(server) -> None:
     assert kept.ok and kept.body_encoding == "gzip" and gzip.decompress(kept.body) == PAGE
     plain = client().get(f"{server.base_url}/ok", keep_gzip=True)  # nothing to keep: the server did not compress
     assert plain.ok and plain.body_encoding == "identity" and plain.body == PAGE
+
+
+def test_bytes_after_the_gzip_stream_count_against_the_cap(server) -> None:
+    result = client(max_bytes=100_000).get(f"{server.base_url}/gz-endless-junk", keep_gzip=True)
+    assert not result.ok and "body too large" in (result.error or "")
 
 
 @pytest.mark.parametrize("keep_gzip", [False, True])
