@@ -24,6 +24,7 @@ for _path in (str(REPO_ROOT), str(REPO_ROOT / "bench")):
 from sqlalchemy import Connection, Engine, text  # noqa: E402
 
 from bench import dedup_pairs  # noqa: E402
+from bench.scratch_db import Databases  # noqa: E402
 from pipeline import db, demosite, load, neardup, store  # noqa: E402
 from pipeline.dedupe import content_hash, word_count  # noqa: E402
 from pipeline.load import LoadItem, load_articles  # noqa: E402
@@ -347,8 +348,6 @@ def run_dedup_bench(sizes: Sequence[int] = STORE_SIZES, corpus: Path | None = No
     progress("near-duplicates: per-article cost as the store grows ...")
     own = databases is None
     if own:
-        from run import Databases
-
         databases = Databases()
     try:
         results["cost"] = cost(databases, sizes, _corpus_bodies(corpus, limit, progress), batches, progress)

