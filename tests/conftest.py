@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import tempfile
 import uuid
@@ -113,3 +114,19 @@ def airflow_db() -> Path:
 
     airflow_db_utils.initdb()
     return AIRFLOW_HOME
+
+
+@pytest.fixture
+def airflow_env(database_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """For dag.test(): a connections file naming this test's database `news_db`. NEWS_DATABASE_URL points
+    nowhere, to prove the connection wins; tasks do not retry, so a failing task fails its run at once."""
+    from airflow.sdk.configuration import clear_secrets_backends_cache
+
+    connections = tmp_path / "connections.json"
+    url = make_url(database_url).set(drivername="postgresql").render_as_string(hide_password=False)
+    connections.write_text(json.dumps({"news_db": url}), encoding="utf-8")
+    monkeypatch.setenv("NEWS_DATABASE_URL", "postgresql://nobody@/unreachable?host=/nonexistent")
+    monkeypatch.setenv("NEWS_ALLOW_PRIVATE_ADDRESSES", "true")
+    monkeypatch.setenv("NEWS_TASK_RETRIES", "0")
+    clear_secrets_backends_cache()  # else `news_db` may still be an earlier test's (dropped) database
+    return connections

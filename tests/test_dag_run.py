@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import socket
@@ -14,32 +13,12 @@ from pathlib import Path
 
 import pytest
 from sqlalchemy import Engine, text
-from sqlalchemy.engine import make_url
 
 from pipeline import demosite
 from pipeline.settings import PROJECT_ROOT
 from tests.test_flow import snapshot
 
 WEEK = {"since": "2026-11-02T00:00:00+00:00", "until": "2026-11-09T00:00:00+00:00"}
-
-
-@pytest.fixture
-def airflow_env(database_url: str, tmp_path: Path):
-    """Tasks read the news database from the `news_db` connection; NEWS_DATABASE_URL points nowhere, to
-    prove the connection wins."""
-    connections = tmp_path / "connections.json"
-    url = make_url(database_url).set(drivername="postgresql").render_as_string(hide_password=False)
-    connections.write_text(json.dumps({"news_db": url}), encoding="utf-8")
-    saved = {k: os.environ.get(k) for k in ("NEWS_DATABASE_URL", "NEWS_ALLOW_PRIVATE_ADDRESSES", "NEWS_TASK_RETRIES")}
-    os.environ["NEWS_DATABASE_URL"] = "postgresql://nobody@/unreachable?host=/nonexistent"
-    os.environ["NEWS_ALLOW_PRIVATE_ADDRESSES"] = "true"
-    os.environ["NEWS_TASK_RETRIES"] = "0"  # a failing task fails the run at once instead of waiting to retry
-    yield connections
-    for key, value in saved.items():
-        if value is None:
-            os.environ.pop(key, None)
-        else:
-            os.environ[key] = value
 
 
 def _dag():

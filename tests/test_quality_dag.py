@@ -4,7 +4,6 @@ only when the gates held, and the downstream news_aggregates DAG refreshes the a
 
 from __future__ import annotations
 
-import os
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -14,7 +13,7 @@ from sqlalchemy import Engine, text
 from pipeline import demosite
 from pipeline.settings import PROJECT_ROOT
 from tests.test_alerts import webhook_receiver
-from tests.test_dag_run import WEEK, airflow_env  # noqa: F401 (a fixture)
+from tests.test_dag_run import WEEK
 
 ASSET_URI = "news-ingest://news_db/articles"
 ERROR_FEED = "/glitch/feeds/error.xml"
@@ -22,11 +21,6 @@ ERROR_FEED = "/glitch/feeds/error.xml"
 
 def _dag(dag_id: str, file: str):
     from airflow.dag_processing.dagbag import DagBag
-    from airflow.sdk.configuration import clear_secrets_backends_cache
-
-    # the secrets backends are built once per process: without this, dag.test() would keep reading the
-    # connections file of the first test that ran one (and its database, dropped since)
-    clear_secrets_backends_cache()
 
     bag = DagBag(dag_folder=str(PROJECT_ROOT / "dags" / file))
     assert bag.import_errors == {}
@@ -53,25 +47,8 @@ def _asset_events() -> list[dict]:
             .order_by(AssetEvent.id)]
 
 
-@pytest.fixture
-def env_override():
-    saved: dict[str, str | None] = {}
-
-    def set_env(**values: str) -> None:
-        for key, value in values.items():
-            saved.setdefault(key, os.environ.get(key))
-            os.environ[key] = value
-
-    yield set_env
-    for key, value in saved.items():
-        if value is None:
-            os.environ.pop(key, None)
-        else:
-            os.environ[key] = value
-
-
 def test_gates_warn_on_the_demo_week_then_publish_and_the_downstream_dag_refreshes(
-    airflow_db, airflow_env: Path, engine: Engine, demo_base_url: str, env_override  # noqa: F811
+    airflow_db, airflow_env: Path, engine: Engine, demo_base_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     from airflow.utils.state import DagRunState
 
@@ -79,7 +56,7 @@ def test_gates_warn_on_the_demo_week_then_publish_and_the_downstream_dag_refresh
         demosite.register_feeds(conn, demosite.load_site(), demo_base_url, include_broken=True)
     events_before = len(_asset_events())
     with webhook_receiver() as (url, posted):
-        env_override(NEWS_ALERT_WEBHOOK=url)
+        monkeypatch.setenv("NEWS_ALERT_WEBHOOK", url)
         run = _dag("news_ingest", "news_ingest.py").test(
             logical_date=datetime(2026, 11, 9, 2, tzinfo=UTC), run_conf=WEEK, conn_file_path=str(airflow_env))
     assert run.state == DagRunState.SUCCESS
@@ -116,7 +93,7 @@ def test_gates_warn_on_the_demo_week_then_publish_and_the_downstream_dag_refresh
 
 
 def test_a_breached_fail_threshold_fails_the_run_alerts_and_publishes_nothing(
-    airflow_db, airflow_env: Path, engine: Engine, demo_base_url: str, env_override  # noqa: F811
+    airflow_db, airflow_env: Path, engine: Engine, demo_base_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     from airflow.utils.state import DagRunState
 
@@ -124,7 +101,8 @@ def test_a_breached_fail_threshold_fails_the_run_alerts_and_publishes_nothing(
         demosite.register_feeds(conn, demosite.load_site(), demo_base_url, include_broken=True)
     events_before = len(_asset_events())
     with webhook_receiver() as (url, posted):
-        env_override(NEWS_ALERT_WEBHOOK=url, NEWS_QC_EMPTY_BODIES_FAIL="0.01")
+        monkeypatch.setenv("NEWS_ALERT_WEBHOOK", url)
+        monkeypatch.setenv("NEWS_QC_EMPTY_BODIES_FAIL", "0.01")
         run = _dag("news_ingest", "news_ingest.py").test(
             logical_date=datetime(2026, 11, 9, 4, tzinfo=UTC), run_conf=WEEK, conn_file_path=str(airflow_env))
     assert run.state == DagRunState.FAILED

@@ -4,7 +4,6 @@ edited topics change, a second re-tag changes nothing, windows and chunks, the C
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import uuid
 from collections.abc import Iterator
@@ -274,38 +273,19 @@ def test_topic_commands_have_help(command: list[str], capsys: pytest.CaptureFixt
 # The Airflow path: news_retag with dag.test(), the news database through the news_db connection.
 
 
-@pytest.fixture
-def airflow_env(database_url: str, tmp_path: Path) -> Iterator[Path]:
-    connections = tmp_path / "connections.json"
-    url = make_url(database_url).set(drivername="postgresql").render_as_string(hide_password=False)
-    connections.write_text(json.dumps({"news_db": url}), encoding="utf-8")
-    names = ("NEWS_DATABASE_URL", "NEWS_TASK_RETRIES", "NEWS_TAXONOMY")
-    saved = {k: os.environ.get(k) for k in names}
-    os.environ["NEWS_DATABASE_URL"] = "postgresql://nobody@/unreachable?host=/nonexistent"
-    os.environ["NEWS_TASK_RETRIES"] = "0"
-    yield connections
-    for key, value in saved.items():
-        if value is None:
-            os.environ.pop(key, None)
-        else:
-            os.environ[key] = value
-
-
 def test_news_retag_dag_retags_history_and_a_rerun_changes_nothing(
-    airflow_db: Path, airflow_env: Path, ingested: Engine, tmp_path: Path
+    airflow_db: Path, airflow_env: Path, ingested: Engine, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     from airflow.dag_processing.dagbag import DagBag
-    from airflow.sdk.configuration import clear_secrets_backends_cache
     from airflow.utils.state import DagRunState
 
-    clear_secrets_backends_cache()  # else news_db may still be the connection of an earlier test's database
     bag = DagBag(dag_folder=str(PROJECT_ROOT / "dags" / "news_retag.py"))
     assert bag.import_errors == {}
     dag = bag.dags["news_retag"]
     assert dag.catchup is False and dag.tags and "news_retag" in dag.doc_md
     assert type(dag.timetable).__name__ == "CronDataIntervalTimetable"
     assert dag.get_task("retag").is_mapped
-    os.environ["NEWS_TAXONOMY"] = str(edited_taxonomy(tmp_path))
+    monkeypatch.setenv("NEWS_TAXONOMY", str(edited_taxonomy(tmp_path)))
     before = topic_rows(ingested)
 
     first = dag.test(logical_date=datetime(2026, 11, 28, tzinfo=UTC), run_conf={"all_articles": True},
