@@ -64,9 +64,11 @@ def build_parser() -> argparse.ArgumentParser:
     add.add_argument("--title", help="a title for the feed")
     imp = feed_commands.add_parser("import", help="register every feed of an OPML file")
     imp.add_argument("file", type=Path, help="OPML file; a parent outline's text names the outlet")
-    feed_commands.add_parser("list", help="show feeds with their last poll status")
+    feed_commands.add_parser("list", help="show feeds with their health: status, failure streak, last and next "
+                                          "poll, last error or why disabled")
     for action, verb in (("enable", "poll"), ("disable", "stop polling")):
-        toggle = feed_commands.add_parser(action, help=f"{verb} a registered feed")
+        toggle = feed_commands.add_parser(action, help=f"{verb} a registered feed" + (
+            " (clears its failure streak and backoff)" if action == "enable" else ""))
         toggle.add_argument("url", help="the feed URL as registered")
         if action == "disable":
             toggle.add_argument("--reason", help="why, shown in the feed_health view (cleared by enable)")
@@ -258,16 +260,31 @@ def _feeds(args: argparse.Namespace, engine: Engine) -> int:
         if not feeds:
             print("no feeds registered; add one with `python -m pipeline feeds add URL`")
             return 0
-        print(_table(["id", "source", "enabled", "last status", "http", "last polled (UTC)", "url / error"],
-                     [[f.id, f.source, "yes" if f.enabled else "no", f.last_status or "never", f.last_http_status or "",
-                       f.last_polled_at.astimezone(UTC).strftime("%Y-%m-%d %H:%M") if f.last_polled_at else "",
-                       f.url + (f"  ({f.last_error})" if f.last_error else "")] for f in feeds]))
+        print(_table(["id", "source", "health", "failures", "last polled (UTC)", "http", "next poll (UTC)",
+                      "url / error or why disabled"],
+                     [[f.id, f.source, f.health, f.consecutive_failures or "", _minute(f.last_polled_at),
+                       f.last_http_status or "", _next_poll(f), f.url + _feed_note(f)] for f in feeds]))
         return 0
     with engine.begin() as conn:
         if not store.set_feed_enabled(conn, args.url, args.feeds_command == "enable", getattr(args, "reason", None)):
             raise CliError(f"no feed registered with URL {args.url}")
     print(f"{args.feeds_command}d {args.url}")
     return 0
+
+
+def _minute(moment: datetime | None) -> str:
+    return moment.astimezone(UTC).strftime("%Y-%m-%d %H:%M") if moment else ""
+
+
+def _next_poll(feed: store.FeedRow) -> str:
+    if not feed.enabled:
+        return "-"
+    return "next run" if feed.due else _minute(feed.next_poll_at)
+
+
+def _feed_note(feed: store.FeedRow) -> str:
+    note = feed.disabled_reason if not feed.enabled else feed.last_error
+    return f"  ({note})" if note else ""
 
 
 def _report(args: argparse.Namespace, engine: Engine) -> int:

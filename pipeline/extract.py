@@ -13,13 +13,14 @@ from lxml.html import HtmlElement
 from trafilatura.settings import Document
 from trafilatura.xml import xmltotxt
 
+from pipeline.charset import utf8_text
 from pipeline.models import Extraction
 
 LOGGER = logging.getLogger(__name__)
 
 # Bump the suffix whenever an option or a post-processing step below changes, so stored rows can be
 # re-extracted selectively.
-EXTRACTOR_VERSION = f"trafilatura-{trafilatura.__version__}+precision-fast-retry.3"
+EXTRACTOR_VERSION = f"trafilatura-{trafilatura.__version__}+precision-fast-retry.4"
 
 MIN_WORDS = 20
 MAX_HTML_BYTES = 20_000_000
@@ -188,15 +189,15 @@ def decode_html(data: bytes, content_type: str | None = None) -> str | bytes:
     """Decode by BOM, valid UTF-8, then the declared charset; bytes back when trafilatura must guess.
 
     Valid multi-byte UTF-8 wins over a declared legacy charset: legacy text is practically never
-    valid UTF-8, whereas pages mislabelled as iso-8859-1 are common.
+    valid UTF-8, whereas pages mislabelled as iso-8859-1 are common. So does UTF-8 with a few invalid
+    bytes: guessing a legacy charset for it would turn every accented letter into mojibake.
     """
     for bom, encoding in BOMS:
         if data.startswith(bom):
             return data[len(bom) :].decode(encoding, errors="replace")
-    try:
-        return data.decode("utf-8")
-    except UnicodeDecodeError:
-        pass
+    text = utf8_text(data)  # UTF-8 in fact, perhaps with a few damaged bytes (each becomes U+FFFD)
+    if text is not None:
+        return text
     for label in (_header_charset(content_type), _declared_charset(data)):
         encoding = _python_codec(label)
         if encoding is None:

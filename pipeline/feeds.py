@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import calendar
 import logging
+import re
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from urllib.parse import urljoin
@@ -11,11 +12,18 @@ from urllib.parse import urljoin
 import feedparser
 from lxml import etree
 
+from pipeline.charset import utf8_text
 from pipeline.models import FeedEntry, ParsedFeed
 
 LOGGER = logging.getLogger(__name__)
 
 FEED_ACCEPT = "application/rss+xml, application/atom+xml, application/xml;q=0.9, text/xml;q=0.8, */*;q=0.5"
+# an internal DTD subset declaring entities, in the encodings a feed may come in
+ENTITY_MARKERS = tuple("<!ENTITY".encode(encoding) for encoding in ("utf-8", "utf-16-le", "utf-16-be"))
+ENTITY_REFUSAL = "refused: the document declares XML entities (entity expansion is not allowed in feeds)"
+BOMS = (b"\xef\xbb\xbf", b"\xff\xfe", b"\xfe\xff")
+XML_DECLARATION_RE = re.compile(r"\s*<\?xml[^>]*\?>")
+XML_ENCODING_RE = re.compile(r"""(encoding\s*=\s*["'])[^"']*(["'])""")
 # feedparser flags these for documents that parse fine; they are not worth a warning
 HARMLESS_BOZO = (feedparser.CharacterEncodingOverride,)
 
@@ -24,8 +32,12 @@ def parse_feed(body: bytes, headers: dict[str, str], feed_url: str) -> ParsedFee
     """Parse an RSS or Atom document already fetched; never touches the network."""
     if not body.strip():
         return ParsedFeed(title=None, entries=[], bozo=True, bozo_reason="empty document", error="empty document")
-    parsed = feedparser.parse(body, response_headers={k.lower(): v for k, v in headers.items()},
-                              sanitize_html=False, resolve_relative_uris=False)
+    if any(marker in body for marker in ENTITY_MARKERS):
+        # entity expansion is how XML bombs grow (and external entities read files); no feed needs them
+        return ParsedFeed(title=None, entries=[], bozo=True, bozo_reason=ENTITY_REFUSAL, error=ENTITY_REFUSAL)
+    headers = {k.lower(): v for k, v in headers.items()}
+    body, headers = _as_utf8_when_it_is(body, headers)
+    parsed = feedparser.parse(body, response_headers=headers, sanitize_html=False, resolve_relative_uris=False)
     bozo_exception = parsed.get("bozo_exception")
     bozo = bool(parsed.get("bozo")) and not isinstance(bozo_exception, HARMLESS_BOZO)
     reason = f"{type(bozo_exception).__name__}: {bozo_exception}" if bozo and bozo_exception else None
@@ -45,6 +57,22 @@ def parse_feed(body: bytes, headers: dict[str, str], feed_url: str) -> ParsedFee
     elif not entries and not parsed.get("version"):
         error = "not a feed: no RSS or Atom structure found"
     return ParsedFeed(title=title, entries=entries, bozo=bozo, bozo_reason=reason, skipped=skipped, error=error)
+
+
+def _as_utf8_when_it_is(body: bytes, headers: dict[str, str]) -> tuple[bytes, dict[str, str]]:
+    """A feed that is UTF-8 in fact, whatever its header or XML declaration says, relabelled as UTF-8 (a few
+    invalid bytes become U+FFFD); feedparser would otherwise believe a wrong label, or fall back to
+    windows-1252 for the whole document, and store mojibake. Other feeds are left to feedparser."""
+    if body.startswith(BOMS) or body.isascii():
+        return body, headers
+    text = utf8_text(body)
+    if text is None:
+        return body, headers
+    declaration = XML_DECLARATION_RE.match(text)
+    if declaration:
+        text = XML_ENCODING_RE.sub(r"\1utf-8\2", declaration.group(0), count=1) + text[declaration.end():]
+    media_type = headers.get("content-type", "application/xml").split(";", 1)[0]
+    return text.encode("utf-8"), {**headers, "content-type": f"{media_type}; charset=utf-8"}
 
 
 def _entry(item: feedparser.FeedParserDict, base: str) -> FeedEntry | None:

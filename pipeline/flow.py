@@ -20,10 +20,11 @@ from pipeline.db import engine_for, forget_engines
 from pipeline.dedupe import choose_canonical, content_hash, word_count
 from pipeline.extract import EXTRACTOR_VERSION, extract
 from pipeline.feeds import FEED_ACCEPT, in_window, parse_feed
-from pipeline.http import HttpClient
+from pipeline.http import FEED_TYPES, PAGE_TYPES, HttpClient
 from pipeline.load import LoadItem, load_articles, sync_topics
 from pipeline.models import Article, Extraction, FetchResult
 from pipeline.neardup import scheme_for
+from pipeline.polling import adapted_interval, backoff_delay, disable_reason
 from pipeline.settings import Settings
 from pipeline.topics import Taxonomy, load_taxonomy
 
@@ -119,7 +120,12 @@ def fetch_feeds(
         try:
             for feed in feeds:
                 with engine.begin() as conn:
-                    _poll_feed(conn, client, feed, run_id, window_start, until, counts)
+                    if feed.due:
+                        _poll_feed(conn, client, settings, feed, run_id, window_start, until, counts)
+                    else:  # backing off after failures, or polled recently enough for its publishing rate
+                        LOGGER.info("feed %s: not polled before %s (%d failures in a row)", feed.url,
+                                    feed.next_poll_at.isoformat() if feed.next_poll_at else "?",
+                                    feed.consecutive_failures)
                     # items queued by this poll, and earlier ones still wanted (a failed poll retries those too)
                     wanted = store.entries_to_fetch(conn, [feed.id], settings.max_page_attempts, window_start,
                                                     until)
@@ -139,36 +145,50 @@ def fetch_feeds(
     return counts
 
 
-def _poll_feed(conn: Connection, client: HttpClient, feed: store.FeedRow, run_id: int, window_start: datetime,
-               until: datetime, counts: dict[str, float]) -> None:
-    """Fetch and parse one feed, record the poll, and queue the items it lists."""
+def _poll_feed(conn: Connection, client: HttpClient, settings: Settings, feed: store.FeedRow, run_id: int,
+               window_start: datetime, until: datetime, counts: dict[str, float]) -> None:
+    """Fetch and parse one feed, record the poll and when to poll it next, and queue the items it lists."""
     counts["feeds_polled"] += 1
-    result = client.get(feed.url, accept=FEED_ACCEPT, etag=feed.etag, last_modified=feed.last_modified)
+    result = client.get(feed.url, accept=FEED_ACCEPT, etag=feed.etag, last_modified=feed.last_modified,
+                        content_types=FEED_TYPES)
     if result.error:
-        counts["feeds_failed"] += 1
-        store.record_feed_poll(conn, run_id, feed.id, status="failed", result=result, items=0, items_in_window=0,
-                               error=result.error)
-        LOGGER.warning("feed %s: failed: %s", feed.url, result.error)
+        _record_failed_poll(conn, settings, feed, run_id, result, result.error, counts)
         return
+    # an item must be seen before it ages out of the runs' window, so the interval never exceeds the lookback
+    shortest, longest = settings.feed_min_interval, min(settings.feed_max_interval, settings.lookback)
     if result.status == 304:
+        kept = timedelta(seconds=feed.poll_interval_seconds) if feed.poll_interval_seconds is not None else shortest
         store.record_feed_poll(conn, run_id, feed.id, status="not_modified", result=result, items=0,
-                               items_in_window=0, error=None)
+                               items_in_window=0, error=None, next_poll_in=max(shortest, min(longest, kept)))
         return
     parsed = parse_feed(result.body, result.headers, result.final_url)
     items_in_window = sum(in_window(entry, window_start, until) for entry in parsed.entries)
     if parsed.error:
-        counts["feeds_failed"] += 1
-        status, error = "failed", parsed.error
-    elif parsed.bozo:
-        status, error = "malformed", parsed.bozo_reason
-    else:
-        status, error = "ok", None
+        _record_failed_poll(conn, settings, feed, run_id, result, parsed.error, counts)
+        return
+    status, error = ("malformed", parsed.bozo_reason) if parsed.bozo else ("ok", None)
+    interval = adapted_interval((entry.published_at for entry in parsed.entries), shortest, longest)
     store.record_feed_poll(conn, run_id, feed.id, status=status, result=result, items=len(parsed.entries),
-                           items_in_window=items_in_window, error=error)
+                           items_in_window=items_in_window, error=error, next_poll_in=interval,
+                           poll_interval=interval)
     counts["entries_seen"] += len(parsed.entries)
     counts["entries_new"] += store.upsert_entries(conn, feed.id, run_id, parsed.entries)
     if status != "ok":
         LOGGER.warning("feed %s: %s: %s", feed.url, status, error)
+
+
+def _record_failed_poll(conn: Connection, settings: Settings, feed: store.FeedRow, run_id: int,
+                        result: FetchResult, error: str, counts: dict[str, float]) -> None:
+    """Record a failed poll, back off, and disable the feed when it is gone or has failed too often."""
+    counts["feeds_failed"] += 1
+    wait = backoff_delay(feed.consecutive_failures + 1, settings.feed_backoff, settings.feed_backoff_max)
+    failures = store.record_feed_poll(conn, run_id, feed.id, status="failed", result=result, items=0,
+                                      items_in_window=0, error=error, next_poll_in=wait)
+    LOGGER.warning("feed %s: failed (%d in a row): %s", feed.url, failures, error)
+    reason = disable_reason(result.status, failures, settings.feed_max_failures, error)
+    if reason:
+        store.set_feed_enabled(conn, feed.url, False, reason)
+        LOGGER.warning("feed %s: disabled: %s", feed.url, reason)
 
 
 class _PageFetcher:
@@ -194,7 +214,7 @@ class _PageFetcher:
         self._futures += [self._threads.submit(self._fetch_one, entry) for entry in entries]
 
     def _fetch_one(self, entry: store.PendingEntry) -> None:
-        result = self._client.get(entry.url, accept=PAGE_ACCEPT, keep_gzip=True)
+        result = self._client.get(entry.url, accept=PAGE_ACCEPT, keep_gzip=True, content_types=PAGE_TYPES)
         with self._lock:
             self._done.append((entry, result))
             self.fetched += result.ok

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields, replace
@@ -64,6 +65,14 @@ class Settings:
             "NEWS_ALLOW_PRIVATE_ADDRESSES",
         ),
     )
+    allowed_networks: str = field(
+        default="",
+        metadata=_doc(
+            "Comma-separated networks (CIDR) fetched from although not public, e.g. an intranet feed server "
+            "(cloud metadata addresses stay refused); narrower than NEWS_ALLOW_PRIVATE_ADDRESSES.",
+            "NEWS_ALLOWED_NETWORKS",
+        ),
+    )
     page_concurrency: int = field(
         default=4, metadata=_doc("Pages fetched at once within one feed batch.", "NEWS_PAGE_CONCURRENCY")
     )
@@ -86,6 +95,32 @@ class Settings:
         default=5,
         metadata=_doc("Runs that retry a page after a transient failure before giving up on it.",
                       "NEWS_MAX_PAGE_ATTEMPTS"),
+    )
+    feed_max_failures: int = field(
+        default=10,
+        metadata=_doc("Consecutive failed polls after which a feed is disabled, with the last error as the reason "
+                      "(HTTP 410 Gone disables at once; `feeds enable` starts again).", "NEWS_FEED_MAX_FAILURES"),
+    )
+    feed_backoff: timedelta = field(
+        default=timedelta(minutes=5),
+        metadata=_doc("Seconds a feed is left alone after a failed poll; the wait doubles with each further "
+                      "failure (runs skip the feed until then, its stored items are still fetched).",
+                      "NEWS_FEED_BACKOFF_SECONDS"),
+    )
+    feed_backoff_max: timedelta = field(
+        default=timedelta(hours=6),
+        metadata=_doc("Longest wait between polls of a failing feed, in seconds.", "NEWS_FEED_BACKOFF_MAX_SECONDS"),
+    )
+    feed_min_interval: timedelta = field(
+        default=timedelta(minutes=10),
+        metadata=_doc("Shortest wait between polls of a healthy feed, in seconds; a feed is polled about twice per "
+                      "mean gap between its items, within this and the maximum.", "NEWS_FEED_MIN_INTERVAL_SECONDS"),
+    )
+    feed_max_interval: timedelta = field(
+        default=timedelta(hours=4),
+        metadata=_doc("Longest wait between polls of a healthy feed, in seconds; never more than the lookback, so "
+                      "that no item ages out of the runs' window before a poll sees it.",
+                      "NEWS_FEED_MAX_INTERVAL_SECONDS"),
     )
     min_words: int = field(
         default=20, metadata=_doc("Shortest body, in words, stored as an article.", "NEWS_MIN_WORDS")
@@ -277,9 +312,17 @@ def _parse(name: str, env: str, raw: str) -> object:
             return timedelta(seconds=amount) if env.endswith("_SECONDS") else timedelta(hours=amount)
         if name in ("data_dir", "taxonomy_path"):
             return Path(raw).expanduser()
+        if name == "allowed_networks":
+            parse_networks(raw)
+            return raw
         return raw
     except ValueError as exc:
         raise SettingsError(f"{env}={raw!r}: {exc}") from None
+
+
+def parse_networks(text: str) -> list[ipaddress.IPv4Network | ipaddress.IPv6Network]:
+    """The networks of a comma-separated CIDR list (a bare address is a network of one)."""
+    return [ipaddress.ip_network(part.strip(), strict=False) for part in text.split(",") if part.strip()]
 
 
 def describe() -> list[tuple[str, str, str]]:

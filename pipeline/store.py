@@ -6,7 +6,7 @@ import logging
 import zlib
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import Connection, text
@@ -38,6 +38,22 @@ class FeedRow:
     last_http_status: int | None
     last_error: str | None
     last_polled_at: datetime | None
+    disabled_reason: str | None = None
+    consecutive_failures: int = 0
+    next_poll_at: datetime | None = None
+    poll_interval_seconds: int | None = None
+    due: bool = True  # whether its next poll time has come, by the database's clock
+
+    @property
+    def health(self) -> str:
+        """As the feed_health view says it: disabled, never polled, failing, malformed or ok."""
+        if not self.enabled:
+            return "disabled"
+        if self.last_polled_at is None:
+            return "never polled"
+        if self.consecutive_failures:
+            return "failing"
+        return "malformed" if self.last_status == "malformed" else "ok"
 
 
 @dataclass(frozen=True)
@@ -93,11 +109,15 @@ def upsert_feed(conn: Connection, url: str, source_id: int, title: str | None = 
 
 
 def set_feed_enabled(conn: Connection, url: str, enabled: bool, reason: str | None = None) -> bool:
-    """Start or stop polling a feed; disabling records `reason` (shown in feed_health), enabling clears it."""
+    """Start or stop polling a feed; disabling records `reason` (shown in feed_health), enabling clears it and
+    the failure streak, so the next run polls the feed."""
     result = conn.execute(text(
         "UPDATE feeds SET enabled = :enabled, updated_at = now(), "
         "  disabled_reason = CASE WHEN :enabled THEN NULL ELSE :reason END, "
-        "  disabled_at = CASE WHEN :enabled THEN NULL WHEN enabled THEN now() ELSE disabled_at END "
+        "  disabled_at = CASE WHEN :enabled THEN NULL WHEN enabled THEN now() ELSE disabled_at END, "
+        # enabling starts afresh: no failure streak, polled by the next run
+        "  consecutive_failures = CASE WHEN :enabled THEN 0 ELSE consecutive_failures END, "
+        "  next_poll_at = CASE WHEN :enabled THEN NULL ELSE next_poll_at END "
         "WHERE url = :url"
     ), {"enabled": enabled, "url": url, "reason": reason})
     return result.rowcount > 0
@@ -114,7 +134,10 @@ def list_feeds(conn: Connection, *, enabled_only: bool = False, ids: Sequence[in
     where = f"WHERE {' AND '.join(clauses)}" if clauses else ""
     rows = conn.execute(text(
         "SELECT f.id, f.url, s.name AS source, f.title, f.enabled, f.etag, f.last_modified, f.last_status, "
-        "       f.last_http_status, f.last_error, f.last_polled_at "
+        "       f.last_http_status, f.last_error, f.last_polled_at, f.disabled_reason, f.consecutive_failures, "
+        "       f.next_poll_at, f.poll_interval_seconds, "
+        # a minute of slack: a run starting a little before the hour still polls a feed due on the hour
+        "       (f.next_poll_at IS NULL OR f.next_poll_at <= now() + interval '1 minute') AS due "
         f"FROM feeds f JOIN sources s ON s.id = f.source_id {where} ORDER BY f.id"
     ), params)
     return [FeedRow(**row._mapping) for row in rows]
@@ -153,9 +176,15 @@ def record_feed_poll(
     items: int,
     items_in_window: int,
     error: str | None,
-) -> None:
-    """One feed_fetches row per feed and run (a retried task overwrites it) and the feed's last status."""
+    next_poll_in: timedelta = timedelta(0),
+    poll_interval: timedelta | None = None,
+) -> int:
+    """One feed_fetches row per feed and run (a retried task overwrites it) and the feed's last status, failure
+    streak and next poll time (`next_poll_in` from now; `poll_interval` kept as its interval after a success).
+    Returns the feed's consecutive failed polls."""
     params = {
+        "next_poll_in": next_poll_in,
+        "interval_seconds": None if poll_interval is None else int(poll_interval.total_seconds()),
         "run_id": run_id, "feed_id": feed_id, "status": status, "http_status": result.status,
         "items": items, "in_window": items_in_window, "duration_ms": int(result.elapsed * 1000), "error": error,
         "etag": result.headers.get("etag"), "last_modified": result.headers.get("last-modified"),
@@ -167,15 +196,18 @@ def record_feed_poll(
         "  http_status = excluded.http_status, items = excluded.items, items_in_window = excluded.items_in_window, "
         "  duration_ms = excluded.duration_ms, error = excluded.error"
     ), params)
-    conn.execute(text(
+    return conn.execute(text(
         "UPDATE feeds SET last_status = :status, last_http_status = :http_status, last_error = :error, "
         "  last_polled_at = now(), updated_at = now(), "
         "  last_success_at = CASE WHEN :status IN ('ok', 'not_modified', 'malformed') THEN now() "
         "                         ELSE last_success_at END, "
         "  etag = CASE WHEN :status = 'ok' THEN :etag ELSE etag END, "
-        "  last_modified = CASE WHEN :status = 'ok' THEN :last_modified ELSE last_modified END "
-        "WHERE id = :feed_id"
-    ), params)
+        "  last_modified = CASE WHEN :status = 'ok' THEN :last_modified ELSE last_modified END, "
+        "  consecutive_failures = CASE WHEN :status = 'failed' THEN consecutive_failures + 1 ELSE 0 END, "
+        "  next_poll_at = now() + CAST(:next_poll_in AS interval), "
+        "  poll_interval_seconds = COALESCE(CAST(:interval_seconds AS integer), poll_interval_seconds) "
+        "WHERE id = :feed_id RETURNING consecutive_failures"
+    ), params).scalar_one()
 
 
 def entry_key(entry: FeedEntry) -> str:

@@ -7,6 +7,7 @@ import os
 import tempfile
 import uuid
 from collections.abc import Iterator
+from datetime import timedelta
 from pathlib import Path
 
 import psycopg2
@@ -93,9 +94,11 @@ def engine(database_url: str) -> Engine:
 
 @pytest.fixture
 def settings(database_url: str, tmp_path: Path) -> Settings:
-    """Settings for tests: this test's database, loopback allowed, one worker, short timeouts."""
+    """Settings for tests: this test's database, loopback allowed, one worker, short timeouts, and every feed
+    polled by every run (no backoff, no adapted interval; the feed health tests set their own)."""
     return Settings(database_url=database_url, data_dir=tmp_path / "data", allow_private_addresses=True,
-                    workers=1, connect_timeout=5, read_timeout=5, total_timeout=20)
+                    workers=1, connect_timeout=5, read_timeout=5, total_timeout=20, feed_backoff=timedelta(0),
+                    feed_min_interval=timedelta(0), feed_max_interval=timedelta(0))
 
 
 @pytest.fixture(scope="session")
@@ -128,5 +131,7 @@ def airflow_env(database_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPat
     monkeypatch.setenv("NEWS_DATABASE_URL", "postgresql://nobody@/unreachable?host=/nonexistent")
     monkeypatch.setenv("NEWS_ALLOW_PRIVATE_ADDRESSES", "true")
     monkeypatch.setenv("NEWS_TASK_RETRIES", "0")
+    for name in ("NEWS_FEED_BACKOFF_SECONDS", "NEWS_FEED_MIN_INTERVAL_SECONDS", "NEWS_FEED_MAX_INTERVAL_SECONDS"):
+        monkeypatch.setenv(name, "0")  # every run polls every feed, as with the settings fixture
     clear_secrets_backends_cache()  # else `news_db` may still be an earlier test's (dropped) database
     return connections

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ssl
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -13,7 +14,8 @@ Route = Callable[[BaseHTTPRequestHandler], None]
 class LoopbackServer:
     """Routes by path; `hits` records every path requested, in order."""
 
-    def __init__(self, routes: dict[str, Route], keep_alive: bool = False) -> None:
+    def __init__(self, routes: dict[str, Route], keep_alive: bool = False, host: str = "127.0.0.1",
+                 tls: ssl.SSLContext | None = None) -> None:
         self.routes = routes
         self.hits: list[str] = []
         self.headers_seen: list[dict[str, str]] = []
@@ -34,9 +36,12 @@ class LoopbackServer:
             def log_message(self, format: str, *args: object) -> None:
                 pass
 
-        self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self._httpd = ThreadingHTTPServer((host, 0), Handler)
         self._httpd.daemon_threads = True
-        self.base_url = f"http://127.0.0.1:{self._httpd.server_address[1]}"
+        self.port = self._httpd.server_address[1]
+        if tls is not None:
+            self._httpd.socket = tls.wrap_socket(self._httpd.socket, server_side=True)
+        self.base_url = f"{'https' if tls else 'http'}://{host}:{self.port}"
 
     def start(self) -> None:
         threading.Thread(target=self._httpd.serve_forever, daemon=True).start()
@@ -47,9 +52,11 @@ class LoopbackServer:
 
 
 @contextmanager
-def serve(routes: dict[str, Route], keep_alive: bool = False) -> Iterator[LoopbackServer]:
-    """Serve `routes`; with `keep_alive` the server speaks HTTP/1.1 and keeps connections open."""
-    server = LoopbackServer(routes, keep_alive)
+def serve(routes: dict[str, Route], keep_alive: bool = False, host: str = "127.0.0.1",
+          tls: ssl.SSLContext | None = None) -> Iterator[LoopbackServer]:
+    """Serve `routes` on `host` (a loopback address), over TLS with a `tls` server context; with `keep_alive`
+    the server speaks HTTP/1.1 and keeps connections open."""
+    server = LoopbackServer(routes, keep_alive, host, tls)
     server.start()
     try:
         yield server

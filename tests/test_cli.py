@@ -56,9 +56,10 @@ def test_feeds_import_list_run_and_summary(cli_env: None, demo_base_url: str, tm
     summary = capsys.readouterr().out
     assert "articles stored:          52" in summary and "DPRK sanctions" in summary
     assert "stories:                  45 " in summary
-    assert main(["feeds", "disable", f"{demo_base_url}{site.feeds[0].path}"]) == 0
+    assert main(["feeds", "disable", f"{demo_base_url}{site.feeds[0].path}", "--reason", "moved to Atom"]) == 0
     assert main(["feeds", "list"]) == 0
-    assert capsys.readouterr().out.count(" no ") == 1
+    listing = capsys.readouterr().out
+    assert listing.count(" disabled ") == 1 and listing.count(" ok ") == 6 and "(moved to Atom)" in listing
 
 
 def test_errors_are_one_line_with_a_non_zero_exit(cli_env: None, tmp_path: Path,

@@ -284,3 +284,26 @@ def test_aeb_sample_scores_above_floor() -> None:
     assert result["empty"] == 0
     assert result["f1"] >= AEB_SAMPLE_MIN_F1
     assert result["f1_mean"] >= AEB_SAMPLE_MIN_F1
+
+
+GERMAN = ("<html><head><meta charset='{charset}'><title>Pjöngjang</title></head><body><article><p>"
+          + "Der Außenminister sagte in Pjöngjang, die Sanktionen gegen Nordkorea würden verschärft. " * 4
+          + "</p></article></body></html>")
+
+
+def test_a_page_labelled_latin1_but_utf8_in_fact_stores_no_mojibake() -> None:
+    page = GERMAN.format(charset="iso-8859-1").encode()
+    result = extract(page, "https://x.example/a", content_type="text/html; charset=iso-8859-1")
+    assert "Außenminister sagte in Pjöngjang" in result.body and "Ã" not in result.body
+
+
+def test_invalid_utf8_bytes_become_replacement_characters_not_mojibake() -> None:
+    page = GERMAN.format(charset="utf-8").encode().replace(b"sagte", b"sa\xffgte", 1)
+    result = extract(page, "https://x.example/a", content_type="text/html; charset=utf-8")
+    assert result.body.startswith("Der Außenminister sa\ufffdgte in Pjöngjang") and "Ã" not in result.body
+
+
+def test_a_hundred_thousand_nested_elements_do_not_crash_extraction() -> None:
+    page = b"<html><body>" + b"<div>" * 100_000 + b"<p>deep</p>" + b"</div>" * 100_000 + b"</body></html>"
+    result = extract(page, "https://x.example/a")
+    assert result.error == "no article text found"

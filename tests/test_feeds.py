@@ -102,3 +102,48 @@ def test_nul_characters_are_removed_so_postgres_can_store_the_entry() -> None:
     feed = RSS.replace(b"<title>Coal ships seized</title>", b"<title>Coal&#0; ships\x00 seized</title>")
     parsed = parse_feed(feed, {}, "https://wire.example/f.xml")
     assert parsed.entries and all("\x00" not in (e.title or "") for e in parsed.entries)
+
+
+MISLABELLED = ('<?xml version="1.0" encoding="iso-8859-1"?><rss version="2.0"><channel><title>Café Pjöngjang</title>'
+               '<item><title>Außenminister: Sanktionen würden verschärft</title><link>https://x.example/a</link>'
+               '</item></channel></rss>')
+
+
+def test_a_feed_labelled_latin1_but_utf8_in_fact_is_read_as_utf8() -> None:
+    parsed = parse_feed(MISLABELLED.encode(), {"Content-Type": "application/rss+xml; charset=ISO-8859-1"},
+                        "https://x.example/f")
+    assert parsed.title == "Café Pjöngjang"
+    assert parsed.entries[0].title == "Außenminister: Sanktionen würden verschärft"
+
+
+def test_invalid_utf8_bytes_become_replacement_characters_not_mojibake() -> None:
+    body = MISLABELLED.encode().replace(b"Sanktionen", b"Sank\xfftionen")
+    parsed = parse_feed(body, {"Content-Type": "application/rss+xml; charset=utf-8"}, "https://x.example/f")
+    assert parsed.entries[0].title == "Außenminister: Sank\ufffdtionen würden verschärft"
+    assert "Ã" not in parsed.title
+
+
+def test_a_real_latin1_feed_is_still_read_by_its_label() -> None:
+    parsed = parse_feed(MISLABELLED.encode("iso-8859-1"), {"Content-Type": "application/rss+xml"},
+                        "https://x.example/f")
+    assert parsed.entries[0].title == "Außenminister: Sanktionen würden verschärft"
+
+
+LAUGHS = b'<?xml version="1.0"?><!DOCTYPE lolz [<!ENTITY lol "lol">' + b"".join(
+    b'<!ENTITY lol%d "%s">' % (i, b"".join(b"&lol%s;" % (b"" if i == 1 else str(i - 1).encode()) for _ in range(10)))
+    for i in range(1, 10)) + b']><rss version="2.0"><channel><title>&lol9;</title></channel></rss>'
+
+
+@pytest.mark.parametrize("body", [LAUGHS, LAUGHS.decode().encode("utf-16"),
+                                  b'<?xml version="1.0"?><!DOCTYPE r [<!ENTITY x SYSTEM "file:///etc/passwd">]>'
+                                  b'<rss version="2.0"><channel><title>&x;</title></channel></rss>'])
+def test_entity_declarations_are_refused_before_parsing(body: bytes) -> None:
+    parsed = parse_feed(body, {}, "https://x.example/f")
+    assert parsed.entries == [] and parsed.error and "declares XML entities" in parsed.error
+
+
+def test_a_ten_thousand_item_feed_is_parsed_whole() -> None:
+    items = "".join(f"<item><title>t{i}</title><link>https://x.example/{i}</link></item>" for i in range(10_000))
+    body = f'<?xml version="1.0"?><rss version="2.0"><channel><title>big</title>{items}</channel></rss>'.encode()
+    parsed = parse_feed(body, {}, "https://x.example/f")
+    assert len(parsed.entries) == 10_000 and parsed.error is None

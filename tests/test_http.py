@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import gzip
+import ipaddress
+import time
 from http.server import BaseHTTPRequestHandler
 
 import pytest
 
-from pipeline.http import HttpClient
+from pipeline.http import PAGE_TYPES, HttpClient, is_public_address
 from pipeline.settings import Settings
 from tests.loopback import respond, serve
 
@@ -155,8 +157,96 @@ def test_body_cap_holds_with_and_without_content_length(server, path: str) -> No
 
 def test_loopback_is_refused_unless_allowed_and_no_request_is_sent(server) -> None:
     result = HttpClient(Settings()).get(f"{server.base_url}/ok")
-    assert not result.ok and "not public" in (result.error or "")
+    assert not result.ok and not result.retryable and "not public" in (result.error or "")
+    by_name = HttpClient(Settings()).get(f"http://localhost:{server.port}/ok")  # checked after resolution
+    assert not by_name.ok and "address 127.0.0.1 of host 'localhost' is not public" in (by_name.error or "")
     assert server.hits == []
+
+
+def test_a_redirect_from_an_allowed_host_to_a_refused_one_sends_no_request_there() -> None:
+    with serve({"/ok": respond(200, PAGE)}) as inside:
+        routes = {"/to-inside": _redirect(f"{inside.base_url}/ok"),
+                  "/to-metadata": _redirect("http://169.254.169.254/latest/meta-data/"),
+                  "/to-metadata6": _redirect("http://[fd00:ec2::254]/latest/meta-data/")}
+        with serve(routes, host="127.0.0.2") as outside:
+            # the production policy, with the outside server's address allowed as an intranet host would be
+            http = HttpClient(Settings(allowed_networks="127.0.0.2/32, 169.254.0.0/16"))
+            to_inside = http.get(f"{outside.base_url}/to-inside")
+            tick = time.monotonic()
+            to_metadata = http.get(f"{outside.base_url}/to-metadata")
+            to_metadata6 = http.get(f"{outside.base_url}/to-metadata6")
+            quick = time.monotonic() - tick
+            default = HttpClient(Settings()).get(f"{outside.base_url}/to-inside")
+    assert not to_inside.ok and not to_inside.retryable
+    assert "address 127.0.0.1 of host '127.0.0.1' is not public" in (to_inside.error or "")
+    assert to_inside.final_url == f"{inside.base_url}/ok"
+    # metadata services stay refused even inside an allowed network
+    assert "169.254.169.254" in to_metadata.error and "cloud metadata" in to_metadata.error
+    assert "fd00:ec2::254" in to_metadata6.error and "cloud metadata" in to_metadata6.error
+    assert quick < 1  # refused before any connection attempt, not after a connect timeout
+    assert not default.ok and "127.0.0.2" in default.error  # the real policy refuses the first hop already
+    assert inside.hits == []  # from the server's side: not one request reached the refused address
+    assert outside.hits == ["/to-inside", "/to-metadata", "/to-metadata6"]
+
+
+def test_an_allowed_name_is_connected_by_its_vetted_address_and_keeps_its_host_header(server) -> None:
+    http = HttpClient(Settings(), address_policy=lambda address: address.is_loopback)
+    result = http.get(f"http://localhost:{server.port}/ok")
+    assert result.ok and result.body == PAGE
+    assert server.headers_seen[0]["Host"] == f"localhost:{server.port}"
+
+
+@pytest.mark.parametrize("address", [
+    "127.0.0.1", "10.1.2.3", "172.16.0.1", "192.168.1.1", "169.254.169.254", "100.100.100.200", "100.64.0.1",
+    "0.0.0.0", "224.0.0.251", "224.0.1.1", "240.0.0.1", "255.255.255.255", "192.0.0.192", "198.18.0.1",
+    "::1", "::", "fe80::1", "fc00::1", "fd00:ec2::254", "ff02::1", "::ffff:127.0.0.1", "::ffff:10.0.0.1",
+    "2002:7f00:1::1", "2002:a9fe:a9fe::1", "64:ff9b::7f00:1", "2001:0:4136:e378:8000:63bf:80ff:fffe",
+])
+def test_non_public_addresses_are_refused(address: str) -> None:
+    assert not is_public_address(ipaddress.ip_address(address))
+
+
+@pytest.mark.parametrize("address", ["93.184.215.14", "1.1.1.1", "2606:4700:4700::1111", "::ffff:8.8.8.8"])
+def test_public_addresses_are_allowed(address: str) -> None:
+    assert is_public_address(ipaddress.ip_address(address))
+
+
+def test_binary_or_mistyped_content_is_refused_when_a_kind_is_expected() -> None:
+    routes = {"/pdf-as-html": respond(200, b"%PDF-1.7\n" + bytes(range(256)) * 8),
+              "/nul-as-html": respond(200, b"<html>" + b"\x00" * 64 + b"</html>"),
+              "/image": respond(200, b"\x89PNG\r\n\x1a\n....", content_type="image/png"),
+              "/ok": respond(200, PAGE)}
+    with serve(routes) as running:
+        http = client()
+        pdf, nul, image, ok = (http.get(f"{running.base_url}{path}", content_types=PAGE_TYPES)
+                               for path in routes)
+        untyped = http.get(f"{running.base_url}/image")  # no kind expected: bytes as sent
+    assert pdf.error == "binary content (PDF) served as text/html" and not pdf.retryable
+    assert nul.error == "binary content (binary) served as text/html"
+    assert image.error == "unexpected content type 'image/png' (expected text/html or application/xhtml+xml)"
+    assert ok.ok and untyped.ok
+
+
+def test_a_slow_drip_cannot_hold_a_fetch_past_the_total_timeout() -> None:
+    def drip(handler: BaseHTTPRequestHandler) -> None:
+        handler.send_response(200)
+        handler.send_header("Content-Type", "text/html")
+        handler.send_header("Content-Length", "100000")
+        handler.end_headers()
+        try:
+            for _ in range(100):  # a byte every 0.2 s: each wait is far below the read timeout
+                handler.wfile.write(b"x")
+                handler.wfile.flush()
+                time.sleep(0.2)
+        except OSError:
+            pass
+
+    with serve({"/drip": drip}) as running:
+        tick = time.monotonic()
+        result = client(read_timeout=5, total_timeout=1.5).get(f"{running.base_url}/drip")
+        took = time.monotonic() - tick
+    assert not result.ok and result.retryable and result.error == "took longer than 1.5 s"
+    assert took < 2.5
 
 
 def test_non_http_schemes_are_refused() -> None:
@@ -198,3 +288,61 @@ def test_an_unread_error_body_does_not_leak_into_the_next_response() -> None:
     assert missing.error == "HTTP 404"
     assert after_error.ok and after_error.body == PAGE, after_error.error
     assert after_redirect.ok and after_redirect.body == PAGE, after_redirect.error
+
+
+def test_empty_redirects_and_304s_on_a_kept_alive_connection_reach_the_server_once_each() -> None:
+    with serve(ROUTES, keep_alive=True) as running:
+        http = client(max_redirects=3, page_concurrency=1)
+        looped = http.get(f"{running.base_url}/loop-a")
+        first = http.get(f"{running.base_url}/etag")
+        again = [http.get(f"{running.base_url}/etag", etag=first.headers["etag"]) for _ in range(2)]
+        after = http.get(f"{running.base_url}/ok")
+    assert "more than 3 redirects" in looped.error and [r.status for r in again] == [304, 304] and after.ok
+    assert running.hits == ["/loop-a", "/loop-b", "/loop-a", "/loop-b", "/etag", "/etag", "/etag", "/ok"]
+
+
+def _self_signed(tmp_path, name: str):
+    """A key and a self-signed certificate for `name`, as PEM files."""
+    import datetime as dt
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
+    now = dt.datetime.now(dt.UTC)
+    cert = (x509.CertificateBuilder().subject_name(subject).issuer_name(subject).public_key(key.public_key())
+            .serial_number(x509.random_serial_number()).not_valid_before(now - dt.timedelta(days=1))
+            .not_valid_after(now + dt.timedelta(days=1))
+            .add_extension(x509.SubjectAlternativeName([x509.DNSName(name)]), critical=False)
+            .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+            .sign(key, hashes.SHA256()))
+    key_path, cert_path = tmp_path / "key.pem", tmp_path / "cert.pem"
+    key_path.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                           serialization.NoEncryption()))
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    return key_path, cert_path
+
+
+def test_tls_to_a_vetted_address_keeps_the_host_name_for_sni_and_the_certificate(
+    tmp_path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import ssl
+
+    key_path, cert_path = _self_signed(tmp_path, "localhost")
+    monkeypatch.setenv("SSL_CERT_FILE", str(cert_path))  # trusted as the default CA store, for this test only
+    server_names: list[str | None] = []
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(cert_path, key_path)
+    context.sni_callback = lambda _socket, name, _context: server_names.append(name)
+    with serve({"/ok": respond(200, PAGE)}, tls=context) as running:
+        http = HttpClient(Settings(), address_policy=lambda address: address.is_loopback)
+        by_name = http.get(f"https://localhost:{running.port}/ok")
+        by_address = http.get(f"https://127.0.0.1:{running.port}/ok")
+    assert by_name.ok and by_name.body == PAGE, by_name.error
+    assert server_names[0] == "localhost"  # SNI is the name, though the socket went to the vetted 127.0.0.1
+    assert running.headers_seen[0]["Host"] == f"localhost:{running.port}"
+    # the certificate is checked against the URL's host: the same server by address does not match it
+    assert not by_address.ok and "certificate" in by_address.error.lower() and len(running.hits) == 1
