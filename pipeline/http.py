@@ -319,7 +319,8 @@ class HttpClient:
         body = b"".join(chunks)
         if gunzip is not None and gunzip.unused_data:
             # bytes after the first gzip member (more members, or junk): keep what the server meant, decoded
-            result = self._read_decoded(url, final_url, response.status, kept, body, started)
+            result = self._read_decoded(url, final_url, response.status, kept, decoded, gunzip.unused_data,
+                                        started)
         elif gunzip is None:
             result = FetchResult(url, final_url, response.status, kept, body, time.monotonic() - started)
         else:
@@ -332,31 +333,25 @@ class HttpClient:
                                  retryable=False, headers=kept)
         return result
 
-    def _read_decoded(self, url: str, final_url: str, status: int, kept: dict[str, str], body: bytes,
-                      started: float) -> FetchResult:
+    def _read_decoded(self, url: str, final_url: str, status: int, kept: dict[str, str], decoded: list[bytes],
+                      rest: bytes, started: float) -> FetchResult:
+        """A gzip body with bytes after its first member (already in `decoded`): the members that follow are
+        decoded too, within the cap, and junk after a complete member is ignored, as browsers do."""
         cap = self._settings.max_bytes
-        parts: list[bytes] = []
-        size = 0
-        data = body
-        while data:
+        size = sum(map(len, decoded))
+        while rest and size <= cap:
             member = zlib.decompressobj(GZIP_WBITS)
             try:
-                piece = member.decompress(data, cap - size + 1)
-                while True:
-                    parts.append(piece)
-                    size += len(piece)
-                    if size > cap or not member.unconsumed_tail:
-                        break
-                    piece = member.decompress(member.unconsumed_tail, cap - size + 1)
+                size += _inflate(member, rest, cap - size, decoded)
             except zlib.error:
-                break  # junk after a complete member is ignored, as browsers do
-            if size > cap or not member.eof:
                 break
-            data = member.unused_data
+            if not member.eof:
+                break
+            rest = member.unused_data
         if size > cap:
             return self._failure(url, final_url, status, f"body too large: over {cap} bytes", started,
                                  retryable=False, headers=kept)
-        return FetchResult(url, final_url, status, kept, b"".join(parts), time.monotonic() - started)
+        return FetchResult(url, final_url, status, kept, b"".join(decoded), time.monotonic() - started)
 
     @staticmethod
     def _failure(

@@ -5,10 +5,9 @@ mislabelled charsets, an XML entity bomb, 100,000 nested elements, binary as HTM
 from __future__ import annotations
 
 import gzip
-import time
 from http.server import BaseHTTPRequestHandler
 
-from tests.loopback import Route, respond
+from tests.loopback import Route, respond, slow_drip
 
 OLD = "Mon, 02 Jan 2006 15:04:05 GMT"  # items of feed cases: outside the run's window, their pages never fetched
 UMLAUT_LINK = "https://umlaut.example/Pjöngjang-Außenminister"
@@ -32,20 +31,6 @@ GOOD_PAGES = {
     "/pages/good-3": _article("Library opens its archive", "The city library opened its photographic archive "
                               "to the public, with glass plates from the early harbour years on display. "),
 }
-
-
-def _slow_drip(handler: BaseHTTPRequestHandler) -> None:
-    handler.send_response(200)
-    handler.send_header("Content-Type", "text/html; charset=utf-8")
-    handler.send_header("Content-Length", "1000000")
-    handler.end_headers()
-    try:
-        for _ in range(600):  # one byte every 0.1 s: no single wait comes near the read timeout
-            handler.wfile.write(b"<")
-            handler.wfile.flush()
-            time.sleep(0.1)
-    except OSError:
-        pass  # the client gave up, as it should
 
 
 def _stream(total: int | None) -> Route:
@@ -104,7 +89,7 @@ def routes(base_url: str, private_url: str, published: str) -> dict[str, Route]:
     german_page = _article("Pjöngjang", GERMAN)
     found: dict[str, Route] = {path: respond(200, body) for path, body in GOOD_PAGES.items()}
     found.update({
-        "/pages/slow-drip": _slow_drip,
+        "/pages/slow-drip": slow_drip(every=0.1),
         "/pages/endless": _stream(None),
         "/pages/50mb": _stream(50 * 1024 * 1024),
         "/pages/gzip-bomb": respond(200, GZIP_BOMB, headers={"Content-Encoding": "gzip"}),
@@ -137,6 +122,6 @@ def routes(base_url: str, private_url: str, published: str) -> dict[str, Route]:
         "/feeds/410.xml": respond(410, b"gone"),
         "/feeds/500.xml": respond(500, b"oops"),
         "/feeds/429.xml": respond(429, b"slow down", headers={"Retry-After": "3600"}),
-        "/feeds/slow-drip.xml": _slow_drip,
+        "/feeds/slow-drip.xml": slow_drip(every=0.1),
     })
     return found

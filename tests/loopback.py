@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ssl
 import threading
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -75,4 +76,22 @@ def respond(status: int, body: bytes = b"", content_type: str = "text/html; char
             handler.send_header(name, value)
         handler.end_headers()
         handler.wfile.write(body)
+    return route
+
+
+def slow_drip(every: float, declared: int = 1_000_000, content_type: str = "text/html; charset=utf-8") -> Route:
+    """A route that promises `declared` bytes and sends one every `every` seconds, each wait far below any
+    read timeout, until the client gives up."""
+    def route(handler: BaseHTTPRequestHandler) -> None:
+        handler.send_response(200)
+        handler.send_header("Content-Type", content_type)
+        handler.send_header("Content-Length", str(declared))
+        handler.end_headers()
+        try:
+            for _ in range(declared):
+                handler.wfile.write(b"<")
+                handler.wfile.flush()
+                time.sleep(every)
+        except OSError:
+            pass  # the client gave up, as it should
     return route

@@ -11,7 +11,7 @@ import pytest
 
 from pipeline.http import PAGE_TYPES, HttpClient, is_public_address
 from pipeline.settings import Settings
-from tests.loopback import respond, serve
+from tests.loopback import respond, serve, slow_drip
 
 PAGE = b"<html><body><p>hello</p></body></html>"
 
@@ -228,20 +228,7 @@ def test_binary_or_mistyped_content_is_refused_when_a_kind_is_expected() -> None
 
 
 def test_a_slow_drip_cannot_hold_a_fetch_past_the_total_timeout() -> None:
-    def drip(handler: BaseHTTPRequestHandler) -> None:
-        handler.send_response(200)
-        handler.send_header("Content-Type", "text/html")
-        handler.send_header("Content-Length", "100000")
-        handler.end_headers()
-        try:
-            for _ in range(100):  # a byte every 0.2 s: each wait is far below the read timeout
-                handler.wfile.write(b"x")
-                handler.wfile.flush()
-                time.sleep(0.2)
-        except OSError:
-            pass
-
-    with serve({"/drip": drip}) as running:
+    with serve({"/drip": slow_drip(every=0.2, declared=100_000)}) as running:
         tick = time.monotonic()
         result = client(read_timeout=5, total_timeout=1.5).get(f"{running.base_url}/drip")
         took = time.monotonic() - tick
