@@ -62,6 +62,9 @@ def build_parser() -> argparse.ArgumentParser:
     add.add_argument("url", help="RSS or Atom feed URL")
     add.add_argument("--source", help="outlet name (default: the feed's host name)")
     add.add_argument("--title", help="a title for the feed")
+    add.add_argument("--sitemap", action="store_true",
+                     help="URL is a news sitemap or sitemap index, read for the items of each run's interval "
+                          "(lets a backfill reach a new source's history)")
     imp = feed_commands.add_parser("import", help="register every feed of an OPML file")
     imp.add_argument("file", type=Path, help="OPML file; a parent outline's text names the outlet")
     feed_commands.add_parser("list", help="show feeds with their health: status, failure streak, last and next "
@@ -80,6 +83,35 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--until", type=_parse_when, help="interval end, exclusive (default: now)")
     run.add_argument("--workers", type=int, help="processes for extraction (default: NEWS_WORKERS)")
     run.add_argument("--run-key", help="name of the run in ingest_runs (default: cli__<since>__<until>)")
+    run.add_argument("--mode", choices=flow.MODES, default="live",
+                     help="live: poll and fetch (default); replay: re-process the archived pages of the interval, "
+                          "no network; both")
+
+    backfill = commands.add_parser(
+        "backfill", help="ingest a past date range, one run per interval, in this process",
+        description="Run the pipeline over [--from, --to) split into intervals of --every hours, one ingest_runs "
+                    "row per interval (run key backfill__<mode>__<start>__<end>, so repeating a backfill reopens "
+                    "the same rows and changes nothing). live polls feeds and sitemaps and keeps what was "
+                    "published in each interval; replay re-extracts, re-dedupes, re-tags and re-loads the archived "
+                    "pages of each interval with the current code and taxonomy, with no network; both does live "
+                    "then replay. For large ranges use Airflow: `airflow backfill create --dag-id news_ingest ...`.")
+    backfill.add_argument("--from", dest="since", type=_parse_when, required=True,
+                          help="range start (ISO date or date-time, UTC if no zone)")
+    backfill.add_argument("--to", dest="until", type=_parse_when, required=True, help="range end, exclusive")
+    backfill.add_argument("--mode", choices=flow.MODES, default="live", help="live (default), replay or both")
+    backfill.add_argument("--every", type=float, default=24.0,
+                          help="hours per interval (default 24: one run per day, as the daily schedule)")
+    backfill.add_argument("--workers", type=int, help="processes for extraction (default: NEWS_WORKERS)")
+
+    archive = commands.add_parser("archive", help="the raw archive of fetched pages and feed documents")
+    archive_commands = archive.add_subparsers(dest="archive_command", required=True, metavar="ACTION")
+    archive_commands.add_parser("usage", help="documents and bytes held, by kind")
+    prune = archive_commands.add_parser(
+        "prune", help="drop archived bytes older than the retention (NEWS_ARCHIVE_RETENTION_DAYS)",
+        description="Drop the bytes of pages and feed documents fetched more than --days days ago (default: "
+                    "NEWS_ARCHIVE_RETENTION_DAYS; 0 keeps everything), keeping their fetch facts; replay skips "
+                    "them from then on.")
+    prune.add_argument("--days", type=int, help="retention in days (default: NEWS_ARCHIVE_RETENTION_DAYS)")
 
     ext = commands.add_parser("extract", help="show what the pipeline would store for one page",
                               description="Extract one page (a file or a URL) and print its canonical URL, "
@@ -166,6 +198,10 @@ def _dispatch(args: argparse.Namespace, settings: Settings) -> int:
         return _feeds(args, engine)
     if args.command == "run":
         return _run(args, settings, engine)
+    if args.command == "backfill":
+        return _backfill(args, settings, engine)
+    if args.command == "archive":
+        return _archive(args, settings, engine)
     if args.command == "summary":
         print(render_summary(engine))
         return 0
@@ -233,8 +269,9 @@ def _feeds(args: argparse.Namespace, engine: Engine) -> int:
         _check_feed_url(args.url)
         with engine.begin() as conn:
             source_id = store.upsert_source(conn, args.source or (urlsplit(args.url).hostname or args.url))
-            feed_id, created = store.upsert_feed(conn, args.url, source_id, args.title)
-        print(f"{'added' if created else 'updated'} feed {feed_id}: {args.url}")
+            feed_id, created = store.upsert_feed(conn, args.url, source_id, args.title,
+                                                 kind="sitemap" if args.sitemap else "feed")
+        print(f"{'added' if created else 'updated'} {'sitemap' if args.sitemap else 'feed'} {feed_id}: {args.url}")
         return 0
     if args.feeds_command == "import":
         from pipeline.feeds import OpmlError, parse_opml
@@ -336,14 +373,87 @@ def _run(args: argparse.Namespace, settings: Settings, engine: Engine) -> int:
 
     try:
         run_id, totals = flow.run_interval(engine, settings, since=since, until=until, run_key=run_key,
-                                           progress=progress)
+                                           mode=args.mode, progress=progress)
     finally:
         for bar in bars:
             bar.close()
-    print(f"run {run_id} ({run_key}): {int(totals.get('feeds_polled', 0))} feeds polled "
-          f"({int(totals.get('feeds_failed', 0))} failed), {int(totals.get('entries_new', 0))} new items, "
-          f"{int(totals.get('loaded', 0))} articles loaded, {int(totals.get('duplicates', 0))} duplicates, "
-          f"{int(totals.get('extraction_failures', 0))} extraction failures, {int(totals.get('tagged', 0))} tagged")
+    print(f"run {run_id} ({run_key}): {_run_line(totals)}")
+    return 0
+
+
+def _run_line(totals: dict[str, float]) -> str:
+    def count(name: str) -> int:
+        return int(totals.get(name, 0))
+
+    line = (f"{count('feeds_polled')} feeds polled ({count('feeds_failed')} failed), {count('entries_new')} new "
+            f"items, {count('loaded')} articles loaded, {count('duplicates')} duplicates, "
+            f"{count('extraction_failures')} extraction failures, {count('tagged')} tagged")
+    if count("replayed"):
+        line += (f"; {count('replayed')} archived pages replayed: {count('unchanged')} articles unchanged, "
+                 f"{count('retagged')} re-tagged")
+    return line
+
+
+def backfill_intervals(since: datetime, until: datetime, every: timedelta) -> list[tuple[datetime, datetime]]:
+    """[since, until) cut into consecutive intervals of `every` (the last one may be shorter)."""
+    intervals = []
+    start = since
+    while start < until:
+        intervals.append((start, min(until, start + every)))
+        start += every
+    return intervals
+
+
+def _backfill(args: argparse.Namespace, settings: Settings, engine: Engine) -> int:
+    from tqdm import tqdm
+
+    if args.since >= args.until:
+        raise CliError(f"--from {args.since.isoformat()} is not before --to {args.until.isoformat()}")
+    if args.every <= 0:
+        raise CliError("--every must be a positive number of hours")
+    if args.workers is not None:
+        if args.workers < 1:
+            raise CliError("--workers must be at least 1")
+        settings = settings.with_overrides(workers=args.workers)
+    intervals = backfill_intervals(args.since, args.until, timedelta(hours=args.every))
+    failed = 0
+    with tqdm(intervals, desc=f"backfill ({args.mode})", unit="interval", disable=not sys.stderr.isatty()) as bar:
+        for since, until in bar:
+            run_key = f"backfill__{args.mode}__{since.isoformat()}__{until.isoformat()}"
+            bar.set_postfix_str(since.strftime("%Y-%m-%d %H:%M"))
+            try:
+                run_id, totals = flow.run_interval(engine, settings, since=since, until=until, run_key=run_key,
+                                                   mode=args.mode, run_type="backfill")
+            except Exception as exc:  # recorded in its ingest_runs row; the other intervals go on
+                failed += 1
+                bar.write(f"{since.isoformat()} .. {until.isoformat()}: failed: {type(exc).__name__}: {exc}")
+                continue
+            bar.write(f"{since.isoformat()} .. {until.isoformat()}: run {run_id}: {_run_line(totals)}")
+    print(f"backfill {args.mode}: {len(intervals) - failed} of {len(intervals)} intervals done"
+          + (f", {failed} failed (see ingest_runs)" if failed else ""))
+    return 1 if failed else 0
+
+
+def _archive(args: argparse.Namespace, settings: Settings, engine: Engine) -> int:
+    from pipeline import archive
+
+    if args.archive_command == "usage":
+        with engine.begin() as conn:
+            rows = conn.execute(text("SELECT * FROM archive_usage ORDER BY kind")).all()
+        print(_table(["kind", "documents", "stored bytes", "decoded bytes", "oldest", "newest"],
+                     [[r.kind, r.documents, r.stored_bytes, r.decoded_bytes, _minute(r.oldest), _minute(r.newest)]
+                      for r in rows]) if rows else "the archive is empty")
+        return 0
+    days = settings.archive_retention_days if args.days is None else args.days
+    if days < 0:
+        raise CliError("--days must not be negative")
+    if days == 0:
+        print("retention is 0 days (keep for ever): nothing pruned")
+        return 0
+    with engine.begin() as conn:
+        outcome = archive.prune(conn, datetime.now(UTC) - timedelta(days=days))
+    print(f"pruned the archive to the last {days} days: {outcome.pages} pages and {outcome.feed_documents} feed "
+          f"documents dropped, {outcome.blobs} documents ({outcome.bytes} bytes) freed")
     return 0
 
 

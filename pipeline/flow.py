@@ -35,6 +35,9 @@ HANDOVER_CHUNK = 5  # fetched pages per write, and per hand-over to a worker pro
 HANDOVER_MEMORY = 64 * 1024 * 1024  # bytes of fetched pages waiting in memory for a worker; the rest wait by id
 FIRST_PAGES_WAIT = 1.0  # seconds the feed polling waits, once, for the first pages to be handed over
 PAGE_ACCEPT = "text/html,application/xhtml+xml;q=0.9,*/*;q=0.5"
+# live: poll feeds and sitemaps, fetch new pages, process them; replay: process the archived pages of the
+# interval again with the current code and rules, with no network at all; both: live, then replay
+MODES = ("live", "replay", "both")
 Progress = Callable[[int], None]
 
 
@@ -75,20 +78,38 @@ def plan_batches(feed_ids: Sequence[int], batch_size: int, max_batches: int) -> 
     return [list(feed_ids[i::count]) for i in range(count)]
 
 
-def open_run(engine: Engine, run_key: str, trigger: str, since: datetime, until: datetime) -> int:
-    """Open (or reopen, for a retried run) the run's ingest_runs row; returns its id."""
+def check_mode(mode: str) -> str:
+    if mode not in MODES:
+        raise ValueError(f"unknown mode {mode!r}: expected one of {', '.join(MODES)}")
+    return mode
+
+
+def open_run(engine: Engine, run_key: str, trigger: str, since: datetime, until: datetime, *,
+             mode: str = "live", run_type: str | None = None, settings: Settings | None = None) -> int:
+    """Open (or reopen, for a retried or re-run run) the run's ingest_runs row with its mode, run type and the
+    extractor and taxonomy versions it runs with; returns its id."""
+    check_mode(mode)
+    taxonomy_version = _taxonomy(settings.taxonomy_path).version if settings else None
     with engine.begin() as conn:
-        run_id = store.start_run(conn, run_key, trigger, since, until)
-    LOGGER.info("run %s (%s): interval %s to %s", run_id, run_key, since.isoformat(), until.isoformat())
+        run_id = store.start_run(conn, run_key, trigger, since, until, mode=mode, run_type=run_type,
+                                 extractor_version=EXTRACTOR_VERSION, taxonomy_version=taxonomy_version)
+    LOGGER.info("run %s (%s, %s): interval %s to %s", run_id, run_key, mode, since.isoformat(), until.isoformat())
     return run_id
 
 
-def feed_batches(engine: Engine, settings: Settings) -> list[list[int]]:
-    """The enabled feeds, split into batches for one mapped task each."""
+def feed_batches(engine: Engine, settings: Settings, mode: str = "live", since: datetime | None = None,
+                 until: datetime | None = None) -> list[list[int]]:
+    """The feeds a run works on, split into batches for one mapped task each: the enabled ones to poll, and
+    for a replay every feed (disabled ones included) with archived pages in [since, until)."""
+    check_mode(mode)
     with engine.begin() as conn:
-        feed_ids = [feed.id for feed in store.list_feeds(conn, enabled_only=True)]
+        feed_ids = [] if mode == "replay" else [feed.id for feed in store.list_feeds(conn, enabled_only=True)]
+        if mode != "live":
+            if since is None or until is None:
+                raise ValueError("a replay needs its interval")
+            feed_ids = sorted(set(feed_ids) | set(store.replay_feed_ids(conn, since, until)))
     batches = plan_batches(feed_ids, settings.feed_batch_size, settings.max_batches)
-    LOGGER.info("%d enabled feeds in %d batches", len(feed_ids), len(batches))
+    LOGGER.info("%d feeds in %d batches (%s)", len(feed_ids), len(batches), mode)
     return batches
 
 
@@ -113,8 +134,8 @@ def fetch_feeds(
               "pages_failed": 0, "fetch_seconds": 0.0}
     started = time.monotonic()
     window_start = since - settings.lookback
-    with engine.begin() as conn:
-        feeds = store.list_feeds(conn, ids=feed_ids)
+    with engine.begin() as conn:  # a feed disabled since the run was planned is left alone
+        feeds = store.list_feeds(conn, enabled_only=True, ids=feed_ids)
     with HttpClient(settings) as client:
         pages = _PageFetcher(engine, client, settings, run_id, progress, on_stored)
         try:
@@ -313,11 +334,14 @@ def process_entries(
     run_id: int,
     entries: Sequence[int | store.FetchedPage],
     progress: Progress | None = None,
+    *,
+    replay: bool = False,
 ) -> dict[str, float]:
     """Extract, dedupe, tag and load fetched pages, one transaction per chunk of articles. Each entry is an
-    entry id, whose stored page is read back, or a page this run has just fetched and stored, in hand."""
-    counts = {"extraction_failures": 0, "duplicates": 0, "loaded": 0, "tagged": 0, "extract_seconds": 0.0,
-              "tag_seconds": 0.0, "load_seconds": 0.0}
+    entry id, whose archived page is read back, or a page this run has just fetched and stored, in hand. With
+    `replay`, an entry id's page is read whatever became of it before, so it is processed again."""
+    counts = {"extraction_failures": 0, "duplicates": 0, "loaded": 0, "tagged": 0, "replayed": 0, "unchanged": 0,
+              "retagged": 0, "extract_seconds": 0.0, "tag_seconds": 0.0, "load_seconds": 0.0}
     taxonomy = _ready_taxonomy(engine, settings)
     pages_read = 0
     for offset in range(0, len(entries), PROCESS_CHUNK):
@@ -326,7 +350,9 @@ def process_entries(
         stored = [entry for entry in chunk if not isinstance(entry, store.FetchedPage)]
         if stored:
             with engine.begin() as conn:
-                pages += store.fetched_pages(conn, stored)
+                read = store.fetched_pages(conn, stored, replay=replay)
+            pages += read
+            counts["replayed"] += len(read) if replay else 0
         pages_read += len(pages)
         items: list[LoadItem] = []
         failures: list[tuple[int, str]] = []
@@ -358,23 +384,39 @@ def process_entries(
         counts["duplicates"] += outcome.duplicates
         counts["loaded"] += outcome.loaded
         counts["tagged"] += outcome.tagged
+        counts["unchanged"] += outcome.unchanged
+        counts["retagged"] += outcome.retagged
         if progress:
             progress(len(pages))
     # one line per stage, so a task log shows where the items went and the time went
     LOGGER.info("extract: %d pages, %d extraction failures, %.2f s", pages_read, counts["extraction_failures"],
                 counts["extract_seconds"])
     LOGGER.info("tag: %d articles with a topic, %.2f s", counts["tagged"], counts["tag_seconds"])
-    LOGGER.info("dedupe and load: %d loaded, %d duplicates, %.2f s", counts["loaded"], counts["duplicates"],
+    LOGGER.info("dedupe and load: %d loaded, %d duplicates, %d unchanged (%d re-tagged), %.2f s",
+                counts["loaded"], counts["duplicates"], counts["unchanged"], counts["retagged"],
                 counts["load_seconds"])
     return counts
 
 
-def process_feeds(engine: Engine, settings: Settings, run_id: int, feed_ids: Sequence[int],
-                  progress: Progress | None = None) -> dict[str, float]:
-    """Process every fetched page of these feeds (what one mapped Airflow task does)."""
+def entries_to_process(engine: Engine, feed_ids: Sequence[int] | None, mode: str, since: datetime,
+                       until: datetime) -> list[int]:
+    """The entry ids a run processes: pages fetched and not processed yet (live), the archived pages of the
+    interval (replay), or both. `feed_ids` None: every feed."""
+    check_mode(mode)
     with engine.begin() as conn:
-        entry_ids = store.fetched_entry_ids(conn, feed_ids)
-    return process_entries(engine, settings, run_id, entry_ids, progress)
+        waiting = [] if mode == "replay" or feed_ids is None else store.fetched_entry_ids(conn, feed_ids)
+        archived = [] if mode == "live" else store.replay_entry_ids(conn, feed_ids, since, until)
+    return list(dict.fromkeys(waiting + archived))
+
+
+def process_feeds(engine: Engine, settings: Settings, run_id: int, feed_ids: Sequence[int],
+                  progress: Progress | None = None, *, mode: str = "live", since: datetime | None = None,
+                  until: datetime | None = None) -> dict[str, float]:
+    """Process the pages of these feeds that the mode selects (what one mapped Airflow task does)."""
+    if mode != "live" and (since is None or until is None):
+        raise ValueError("a replay needs its interval")
+    entry_ids = entries_to_process(engine, feed_ids, mode, since or datetime.min, until or datetime.max)
+    return process_entries(engine, settings, run_id, entry_ids, progress, replay=mode != "live")
 
 
 def sum_counts(parts: Iterable[dict[str, float]]) -> dict[str, float]:
@@ -396,9 +438,9 @@ def end_run(engine: Engine, run_id: int, parts: Iterable[dict[str, float]], erro
     return totals
 
 
-def _process_in_child(url: str, settings: Settings, run_id: int, entries: list[int | store.FetchedPage]
-                      ) -> dict[str, float]:
-    return process_entries(engine_for(url), settings, run_id, entries)
+def _process_in_child(url: str, settings: Settings, run_id: int, entries: list[int | store.FetchedPage],
+                      replay: bool = False) -> dict[str, float]:
+    return process_entries(engine_for(url), settings, run_id, entries, replay=replay)
 
 
 def _warm_child(url: str, settings: Settings) -> None:
@@ -414,32 +456,48 @@ def run_interval(
     until: datetime,
     run_key: str,
     trigger: str = "cli",
+    mode: str = "live",
+    run_type: str | None = "cli",
     progress: Callable[[str, int], Progress] | None = None,
 ) -> tuple[int, dict[str, float]]:
-    """A whole pass without Airflow. With `settings.workers` > 1, worker processes extract, tag and load each
-    chunk of pages as soon as the fetch stage has stored it, so fetching overlaps extraction."""
-    run_id = open_run(engine, run_key, trigger, since, until)
-    batches = feed_batches(engine, settings)
+    """A whole pass without Airflow, in one of MODES. With `settings.workers` > 1, worker processes extract,
+    tag and load each chunk of pages as soon as it is stored (or, replaying, read back), so fetching overlaps
+    extraction."""
+    run_id = open_run(engine, run_key, trigger, since, until, mode=mode, run_type=run_type, settings=settings)
+    batches = feed_batches(engine, settings, "live") if mode != "replay" else []
     all_feeds = [feed_id for batch in batches for feed_id in batch]
     parts: list[dict[str, float]] = []
     fetch_progress = process_progress = None
     if progress:  # the bars' totals cost a query, made only when someone watches
         with engine.begin() as conn:
             queued = len(store.entries_to_fetch(conn, all_feeds, settings.max_page_attempts,
-                                                since - settings.lookback, until))
-        fetch_progress, process_progress = progress("fetch", queued), progress("process", queued)
+                                                since - settings.lookback, until)) if batches else 0
+            archived = len(store.replay_entry_ids(conn, None, since, until)) if mode != "live" else 0
+        if batches:
+            fetch_progress = progress("fetch", queued)
+        process_progress = progress("replay" if mode == "replay" else "process", queued + archived)
     try:
         if settings.workers > 1:
             _fetch_and_process_in_parallel(engine, settings, run_id, batches, since, until, fetch_progress,
-                                           process_progress, parts)
+                                           process_progress, parts, mode)
         else:
             for batch in batches:
                 parts.append(fetch_feeds(engine, settings, run_id, batch, since, until, fetch_progress))
-            parts.append(process_feeds(engine, settings, run_id, all_feeds, process_progress))
+            entry_ids = _run_entry_ids(engine, all_feeds, mode, since, until)
+            parts.append(process_entries(engine, settings, run_id, entry_ids, process_progress, replay=mode != "live"))
     except Exception as exc:
         end_run(engine, run_id, parts, error=f"{type(exc).__name__}: {exc}")
         raise
     return run_id, end_run(engine, run_id, parts)
+
+
+def _run_entry_ids(engine: Engine, feed_ids: Sequence[int], mode: str, since: datetime, until: datetime
+                   ) -> list[int]:
+    """What a whole run processes after fetching: the polled feeds' waiting pages, and the archived pages of the
+    interval of every feed (disabled ones included) unless the mode is live."""
+    waiting = entries_to_process(engine, feed_ids, "live", since, until) if mode != "replay" else []
+    archived = entries_to_process(engine, None, "replay", since, until) if mode != "live" else []
+    return list(dict.fromkeys(waiting + archived))
 
 
 def _fetch_and_process_in_parallel(
@@ -452,26 +510,29 @@ def _fetch_and_process_in_parallel(
     fetch_progress: Progress | None,
     process_progress: Progress | None,
     parts: list[dict[str, float]],
+    mode: str = "live",
 ) -> None:
-    """Fetch in this process while `settings.workers` processes extract what has been stored; every part's
-    counts are appended to `parts`, also when a stage fails."""
+    """Fetch in this process while `settings.workers` processes extract what has been stored; then, replaying,
+    hand them the archived pages of the interval. Every part's counts are appended to `parts`, also when a
+    stage fails."""
     url = engine.url.render_as_string(hide_password=False)
     engine.dispose()  # the children must not inherit open connections
     context = multiprocessing.get_context("fork")
     pool = ProcessPoolExecutor(settings.workers, mp_context=context, initializer=forget_engines)
+    replay = mode != "live"
     try:
         # the first submit forks every worker, before any thread of ours exists (forking beside running
         # threads is unsafe); the workers warm up while the feeds are polled
         for _ in range(settings.workers):
             pool.submit(_warm_child, url, settings)
-        dispatcher = _Dispatcher(lambda ids: pool.submit(_process_in_child, url, settings, run_id, ids),
+        dispatcher = _Dispatcher(lambda ids: pool.submit(_process_in_child, url, settings, run_id, ids, replay),
                                  settings.workers)
         try:
             for batch in batches:
                 parts.append(fetch_feeds(engine, settings, run_id, batch, since, until, fetch_progress,
-                                         dispatcher.add))
-            with engine.begin() as conn:  # pages fetched by an earlier run that never got processed
-                dispatcher.add(store.fetched_entry_ids(conn, [f for batch in batches for f in batch]))
+                                         None if replay else dispatcher.add))
+            # pages fetched by an earlier run that never got processed, and, replaying, the interval's archive
+            dispatcher.add(_run_entry_ids(engine, [f for batch in batches for f in batch], mode, since, until))
         finally:
             dispatcher.close()
         for future, size in dispatcher.submitted():

@@ -39,6 +39,8 @@ class LoadOutcome:
     duplicates: int = 0
     tagged: int = 0
     joined: int = 0  # inserted articles that joined a story cluster already stored or founded in the batch
+    unchanged: int = 0  # items that gave their own stored article again, as it is (a replay)
+    retagged: int = 0  # of those, articles whose topic rows changed (new rules)
 
     @property
     def loaded(self) -> int:
@@ -95,7 +97,8 @@ def load_articles(
     """Upsert a batch in the caller's transaction, putting every new article in a story cluster.
 
     Dedup order: an article whose canonical URL is stored updates that row (revision + 1) when its content or
-    metadata changed, else it is a duplicate of it. A new canonical URL whose exact body is stored for the same
+    metadata changed; else it is unchanged when it comes from the entry that loaded that row (a replay, which
+    re-tags it), and a duplicate of it otherwise. A new canonical URL whose exact body is stored for the same
     outlet is a duplicate too (a URL variant that declares no canonical). Anything else is a new row: in the
     cluster of a stored copy with the same body on another outlet, else of the most similar stored near copy
     (MinHash estimate at least `scheme.threshold` among articles sharing an LSH band key), else in a new
@@ -110,7 +113,7 @@ def load_articles(
     neardup.lock_keys(conn, {lock_key("url", i.article.canonical_url) for i in items}
                       | {lock_key("hash", i.article.content_hash) for i in items} | band_keys)
 
-    plans = _plan(conn, items, signatures, scheme)
+    plans = _plan(conn, items, signatures, scheme, _loaded_by(conn, items))
     founded = [plan.row.cluster for plan in plans if plan.action == "insert" and plan.founder]
     if founded:
         new_ids = sorted(int(row.id) for row in conn.execute(text(
@@ -125,9 +128,15 @@ def load_articles(
     signed: list[tuple[int, neardup.Signature]] = []
     touched: set[int] = set()
     tagged: dict[int, Sequence[TopicHit]] = {}
+    retag: dict[int, Sequence[TopicHit]] = {}
     marks: list[tuple[int, str, int]] = []
     for plan in plans:
         article, row = plan.item.article, plan.row
+        if plan.action == "unchanged":
+            retag[_known_id(row)] = article.topics
+            outcome.unchanged += 1
+            marks.append((plan.item.entry_id, "loaded", _known_id(row)))
+            continue
         if plan.action == "duplicate":
             marks.append((plan.item.entry_id, "duplicate", _known_id(row)))
             outcome.duplicates += 1
@@ -144,7 +153,9 @@ def load_articles(
         signed.append((_known_id(row), plan.signature))
         touched.add(_cluster_id(row))
     if tagged:
-        replace_topics(conn, tagged, taxonomy_version)
+        replace_topics(conn, tagged, taxonomy_version, run_id)
+    if retag:
+        outcome.retagged = replace_topics(conn, retag, taxonomy_version, run_id).articles_changed
     _mark_entries(conn, run_id, marks)
     neardup.store_signatures(conn, scheme, signed)
     _refresh_clusters(conn, sorted(touched))
@@ -177,13 +188,21 @@ class _Signed:
 class _Plan:
     item: LoadItem
     signature: neardup.Signature
-    action: str  # "insert", "update" or "duplicate"
+    action: str  # "insert", "update", "unchanged" or "duplicate"
     row: _Row
     founder: bool = False  # an inserted article that starts a new cluster
 
 
+def _loaded_by(conn: Connection, items: Sequence[LoadItem]) -> dict[int, int]:
+    """The article each of these entries loaded before (entry id to article id), for those that did."""
+    return {int(row.id): int(row.article_id) for row in conn.execute(text(
+        "SELECT id, article_id FROM feed_entries WHERE id = ANY(:ids) AND status = 'loaded' "
+        "AND article_id IS NOT NULL"
+    ), {"ids": [item.entry_id for item in items]})}
+
+
 def _plan(conn: Connection, items: Sequence[LoadItem], signatures: Sequence[neardup.Signature],
-          scheme: neardup.Scheme) -> list[_Plan]:
+          scheme: neardup.Scheme, loaded_by: dict[int, int]) -> list[_Plan]:
     """Decide what becomes of each item, with three lookups for the whole batch (URL, body, band keys)."""
     by_url = {row.canonical_url: row for row in conn.execute(text(
         "SELECT id, canonical_url, cluster_id, source, title, author, published_at, language, content_hash "
@@ -225,6 +244,8 @@ def _plan(conn: Connection, items: Sequence[LoadItem], signatures: Sequence[near
                 plans.append(_Plan(item, signature, "update", row))
                 by_hash.setdefault(article.content_hash, []).append(row)
                 remember(row, signature.minhash, signature.band_keys)
+            elif loaded_by.get(item.entry_id) == row.id:
+                plans.append(_Plan(item, signature, "unchanged", row))  # its own article, processed again
             else:
                 # another feed item (another feed, another URL) pointing at an article already stored
                 plans.append(_Plan(item, signature, "duplicate", row))
@@ -358,11 +379,12 @@ class TopicChanges:
     articles_changed: int
 
 
-def replace_topics(conn: Connection, tagged: dict[int, Sequence[TopicHit]], taxonomy_version: str) -> TopicChanges:
+def replace_topics(conn: Connection, tagged: dict[int, Sequence[TopicHit]], taxonomy_version: str,
+                   run_id: int | None = None) -> TopicChanges:
     """Make each article's topic rows equal to its hits, in one statement for all of them. A row whose score,
     evidence and rule version would not change is not touched (it keeps its tagged_at and the taxonomy version
     that wrote it), so a rerun, or a taxonomy edit elsewhere, leaves it as it was. Loading and re-tagging
-    (pipeline.retag) both write topics through here."""
+    (pipeline.retag) both write topics through here; `run_id` is the ingestion run writing them, if any."""
     articles, topics, scores, evidence = [], [], [], []
     for article_id, hits in tagged.items():
         for hit in hits:
@@ -379,10 +401,13 @@ def replace_topics(conn: Connection, tagged: dict[int, Sequence[TopicHit]], taxo
         "    SELECT 1 FROM wanted AS w WHERE w.article_id = at.article_id AND w.topic_id = at.topic_id) "
         "  RETURNING at.article_id), "
         "written AS ("
-        "  INSERT INTO article_topics (article_id, topic_id, score, evidence, taxonomy_version, rule_version) "
-        "  SELECT article_id, topic_id, score, evidence, :version, evidence ->> 'rule_version' FROM wanted "
+        "  INSERT INTO article_topics (article_id, topic_id, score, evidence, taxonomy_version, rule_version, "
+        "    last_run_id) "
+        "  SELECT article_id, topic_id, score, evidence, :version, evidence ->> 'rule_version', "
+        "    CAST(:run_id AS bigint) FROM wanted "
         "  ON CONFLICT (article_id, topic_id) DO UPDATE SET score = excluded.score, evidence = excluded.evidence, "
-        "    taxonomy_version = excluded.taxonomy_version, rule_version = excluded.rule_version, tagged_at = now() "
+        "    taxonomy_version = excluded.taxonomy_version, rule_version = excluded.rule_version, tagged_at = now(), "
+        "    last_run_id = excluded.last_run_id "
         "  WHERE (article_topics.score, article_topics.evidence, article_topics.rule_version) "
         "    IS DISTINCT FROM (excluded.score, excluded.evidence, excluded.rule_version) "
         "  RETURNING article_id, (xmax = 0) AS inserted) "
@@ -392,19 +417,21 @@ def replace_topics(conn: Connection, tagged: dict[int, Sequence[TopicHit]], taxo
         "  (SELECT count(DISTINCT article_id) FROM (SELECT article_id FROM removed "
         "    UNION ALL SELECT article_id FROM written) AS touched) AS changed"
     ), {"articles": articles, "topics": topics, "scores": scores, "evidence": evidence, "ids": list(tagged),
-        "version": taxonomy_version}).one()
+        "version": taxonomy_version, "run_id": run_id}).one()
     return TopicChanges(rows_added=int(row.added), rows_updated=int(row.updated), rows_removed=int(row.removed),
                         articles_changed=int(row.changed))
 
 
 def _mark_entries(conn: Connection, run_id: int, marks: Sequence[tuple[int, str, int]]) -> None:
-    """Record what became of each feed entry, as (entry id, status, article id), in one statement."""
+    """Record what became of each feed entry, as (entry id, status, article id), in one statement; an entry
+    already recorded so is not written (it keeps the run that last changed it)."""
     if not marks:
         return
     conn.execute(text(
         "UPDATE feed_entries AS e SET status = m.status, article_id = m.article_id, error = NULL, "
         "  retryable = false, last_run_id = :run_id, updated_at = now() "
         "FROM unnest(CAST(:ids AS bigint[]), CAST(:statuses AS text[]), CAST(:articles AS bigint[])) "
-        "  AS m(id, status, article_id) WHERE e.id = m.id"
+        "  AS m(id, status, article_id) WHERE e.id = m.id "
+        "  AND (e.status, e.article_id, e.error, e.retryable) IS DISTINCT FROM (m.status, m.article_id, NULL, false)"
     ), {"run_id": run_id, "ids": [mark[0] for mark in marks], "statuses": [mark[1] for mark in marks],
         "articles": [mark[2] for mark in marks]})

@@ -91,6 +91,17 @@ class Settings:
             "NEWS_LOOKBACK_HOURS",
         ),
     )
+    archive_retention_days: int = field(
+        default=90,
+        metadata=_doc("Days fetched pages and feed documents stay in the raw archive (0: kept for ever); older "
+                      "bytes are pruned by the news_maintenance DAG or `python -m pipeline archive prune`, and "
+                      "replay cannot re-process them.", "NEWS_ARCHIVE_RETENTION_DAYS"),
+    )
+    sitemap_max_documents: int = field(
+        default=20,
+        metadata=_doc("Documents (an index and its child sitemaps) read from one sitemap source per run.",
+                      "NEWS_SITEMAP_MAX_DOCUMENTS"),
+    )
     max_page_attempts: int = field(
         default=5,
         metadata=_doc("Runs that retry a page after a transient failure before giving up on it.",
@@ -278,6 +289,7 @@ class Settings:
         return replace(self, **changes)  # type: ignore[arg-type]
 
 
+ZERO_ALLOWED = frozenset({"task_retries", "archive_retention_days"})  # integer settings where 0 means "none"
 _BOOL_WORDS = {"1": True, "true": True, "yes": True, "on": True, "0": False, "false": False, "no": False,
                "off": False}
 
@@ -291,8 +303,8 @@ def _parse(name: str, env: str, raw: str) -> object:
             return _BOOL_WORDS[raw.lower()]
         if isinstance(default, int):
             value = int(raw)
-            if value < (0 if name == "task_retries" else 1):
-                raise ValueError("must be at least 1" if name != "task_retries" else "must not be negative")
+            if value < (0 if name in ZERO_ALLOWED else 1):
+                raise ValueError("must not be negative" if name in ZERO_ALLOWED else "must be at least 1")
             return value
         if isinstance(default, float):
             value = float(raw)

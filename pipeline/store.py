@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import zlib
 from collections.abc import Iterable, Sequence
@@ -11,17 +12,16 @@ from typing import Any
 
 from sqlalchemy import Connection, text
 
+from pipeline import archive
 from pipeline.dedupe import canonical_url
-from pipeline.http import GZIP_WBITS
 from pipeline.models import FeedEntry, FetchResult
 
 LOGGER = logging.getLogger(__name__)
 
 RUN_COUNTERS = (
     "feeds_polled", "feeds_failed", "entries_seen", "entries_new", "pages_fetched", "pages_failed",
-    "extraction_failures", "duplicates", "loaded", "tagged",
+    "extraction_failures", "duplicates", "loaded", "tagged", "replayed", "unchanged", "retagged",
 )
-PAGE_ZLIB_LEVEL = 1  # fastest level: pages are stored once and read once or twice
 RUN_TIMERS = ("fetch_seconds", "extract_seconds", "tag_seconds", "load_seconds")
 
 
@@ -43,6 +43,7 @@ class FeedRow:
     next_poll_at: datetime | None = None
     poll_interval_seconds: int | None = None
     due: bool = True  # whether its next poll time has come, by the database's clock
+    kind: str = "feed"  # or "sitemap": a news sitemap (or index) read for the interval's items
 
     @property
     def health(self) -> str:
@@ -97,14 +98,16 @@ def upsert_source(conn: Connection, name: str, homepage: str | None = None) -> i
     return int(row.id)
 
 
-def upsert_feed(conn: Connection, url: str, source_id: int, title: str | None = None) -> tuple[int, bool]:
-    """Register a feed (or refresh its source and title); returns (id, created)."""
+def upsert_feed(conn: Connection, url: str, source_id: int, title: str | None = None, kind: str = "feed"
+                ) -> tuple[int, bool]:
+    """Register a feed, or a news sitemap with kind "sitemap" (or refresh its source, title and kind); returns
+    (id, created)."""
     row = conn.execute(text(
-        "INSERT INTO feeds (url, source_id, title) VALUES (:url, :source_id, :title) "
+        "INSERT INTO feeds (url, source_id, title, kind) VALUES (:url, :source_id, :title, :kind) "
         "ON CONFLICT (url) DO UPDATE SET source_id = excluded.source_id, "
-        "  title = COALESCE(excluded.title, feeds.title), updated_at = now() "
+        "  title = COALESCE(excluded.title, feeds.title), kind = excluded.kind, updated_at = now() "
         "RETURNING id, (xmax = 0) AS created"
-    ), {"url": url, "source_id": source_id, "title": title}).one()
+    ), {"url": url, "source_id": source_id, "title": title, "kind": kind}).one()
     return int(row.id), bool(row.created)
 
 
@@ -135,7 +138,7 @@ def list_feeds(conn: Connection, *, enabled_only: bool = False, ids: Sequence[in
     rows = conn.execute(text(
         "SELECT f.id, f.url, s.name AS source, f.title, f.enabled, f.etag, f.last_modified, f.last_status, "
         "       f.last_http_status, f.last_error, f.last_polled_at, f.disabled_reason, f.consecutive_failures, "
-        "       f.next_poll_at, f.poll_interval_seconds, "
+        "       f.next_poll_at, f.poll_interval_seconds, f.kind, "
         # a minute of slack: a run starting a little before the hour still polls a feed due on the hour
         "       (f.next_poll_at IS NULL OR f.next_poll_at <= now() + interval '1 minute') AS due "
         f"FROM feeds f JOIN sources s ON s.id = f.source_id {where} ORDER BY f.id"
@@ -143,15 +146,21 @@ def list_feeds(conn: Connection, *, enabled_only: bool = False, ids: Sequence[in
     return [FeedRow(**row._mapping) for row in rows]
 
 
-def start_run(conn: Connection, run_key: str, trigger: str, since: datetime, until: datetime) -> int:
-    """Open (or reopen, when a run is retried) the ingest_runs row of one run; returns its id."""
+def start_run(conn: Connection, run_key: str, trigger: str, since: datetime, until: datetime, *,
+              mode: str = "live", run_type: str | None = None, extractor_version: str | None = None,
+              taxonomy_version: str | None = None) -> int:
+    """Open (or reopen, when a run is retried or re-run) the ingest_runs row of one run; returns its id."""
     row = conn.execute(text(
-        "INSERT INTO ingest_runs (run_key, trigger, interval_start, interval_end) "
-        "VALUES (:run_key, :trigger, :since, :until) "
+        "INSERT INTO ingest_runs (run_key, trigger, interval_start, interval_end, mode, run_type, extractor_version, "
+        "  taxonomy_version) "
+        "VALUES (:run_key, :trigger, :since, :until, :mode, :run_type, :extractor_version, :taxonomy_version) "
         "ON CONFLICT (run_key) DO UPDATE SET status = 'running', interval_start = excluded.interval_start, "
-        "  interval_end = excluded.interval_end, finished_at = NULL, error = NULL "
+        "  interval_end = excluded.interval_end, finished_at = NULL, error = NULL, mode = excluded.mode, "
+        "  run_type = excluded.run_type, extractor_version = excluded.extractor_version, "
+        "  taxonomy_version = excluded.taxonomy_version "
         "RETURNING id"
-    ), {"run_key": run_key, "trigger": trigger, "since": since, "until": until}).one()
+    ), {"run_key": run_key, "trigger": trigger, "since": since, "until": until, "mode": mode, "run_type": run_type,
+        "extractor_version": extractor_version, "taxonomy_version": taxonomy_version}).one()
     return int(row.id)
 
 
@@ -181,20 +190,28 @@ def record_feed_poll(
 ) -> int:
     """One feed_fetches row per feed and run (a retried task overwrites it) and the feed's last status, failure
     streak and next poll time (`next_poll_in` from now; `poll_interval` kept as its interval after a success).
-    Returns the feed's consecutive failed polls."""
+    The document the server sent, if any, is archived with the poll. Returns the feed's consecutive failed polls."""
+    blob = archive.blob_of(result) if result.ok and result.status == 200 and result.content else None
+    if blob is not None:
+        archive.store_blobs(conn, [blob])
     params = {
         "next_poll_in": next_poll_in,
         "interval_seconds": None if poll_interval is None else int(poll_interval.total_seconds()),
         "run_id": run_id, "feed_id": feed_id, "status": status, "http_status": result.status,
         "items": items, "in_window": items_in_window, "duration_ms": int(result.elapsed * 1000), "error": error,
         "etag": result.headers.get("etag"), "last_modified": result.headers.get("last-modified"),
+        "url": result.url, "final_url": result.final_url, "headers": json.dumps(archive.kept_headers(result.headers)),
+        "sha256": blob.sha256 if blob else None,
     }
     conn.execute(text(
-        "INSERT INTO feed_fetches (run_id, feed_id, status, http_status, items, items_in_window, duration_ms, error) "
-        "VALUES (:run_id, :feed_id, :status, :http_status, :items, :in_window, :duration_ms, :error) "
+        "INSERT INTO feed_fetches (run_id, feed_id, status, http_status, items, items_in_window, duration_ms, error, "
+        "  url, final_url, headers, sha256) "
+        "VALUES (:run_id, :feed_id, :status, :http_status, :items, :in_window, :duration_ms, :error, :url, "
+        "  :final_url, CAST(:headers AS jsonb), :sha256) "
         "ON CONFLICT (run_id, feed_id) DO UPDATE SET fetched_at = now(), status = excluded.status, "
         "  http_status = excluded.http_status, items = excluded.items, items_in_window = excluded.items_in_window, "
-        "  duration_ms = excluded.duration_ms, error = excluded.error"
+        "  duration_ms = excluded.duration_ms, error = excluded.error, url = excluded.url, "
+        "  final_url = excluded.final_url, headers = excluded.headers, sha256 = excluded.sha256"
     ), params)
     return conn.execute(text(
         "UPDATE feeds SET last_status = :status, last_http_status = :http_status, last_error = :error, "
@@ -265,20 +282,22 @@ def page_in_hand(entry: PendingEntry, result: FetchResult) -> FetchedPage:
 
 
 def store_pages(conn: Connection, run_id: int, fetched: Sequence[tuple[int, FetchResult]]) -> None:
-    """Keep fetched pages (gzip as the server sent it, else zlib-compressed here) and move their entries on to
-    extraction, in one statement. `fetched` holds (entry id, successful result) pairs."""
+    """Archive fetched pages (their bytes in archive_blobs, once per distinct content; their fetch facts in
+    pages) and move their entries on to extraction. `fetched` holds (entry id, successful result) pairs."""
     if not fetched:
         return
-    bodies = [_stored_body(result) for _entry_id, result in fetched]
+    blobs = [archive.blob_of(result) for _entry_id, result in fetched]
+    archive.store_blobs(conn, blobs)
     conn.execute(text(
         "WITH page AS ("
-        "  INSERT INTO pages (entry_id, url, final_url, http_status, content_type, body_encoding, body) "
+        "  INSERT INTO pages (entry_id, url, final_url, http_status, content_type, headers, sha256, run_id) "
         "  SELECT * FROM unnest(CAST(:entry_ids AS bigint[]), CAST(:urls AS text[]), CAST(:final_urls AS text[]), "
-        "    CAST(:statuses AS integer[]), CAST(:content_types AS text[]), CAST(:encodings AS text[]), "
-        "    CAST(:bodies AS bytea[])) "
+        "    CAST(:statuses AS integer[]), CAST(:content_types AS text[]), CAST(:headers AS jsonb[]), "
+        "    CAST(:digests AS bytea[]), CAST(:run_ids AS bigint[])) "
         "  ON CONFLICT (entry_id) DO UPDATE SET url = excluded.url, final_url = excluded.final_url, "
-        "    http_status = excluded.http_status, content_type = excluded.content_type, "
-        "    fetched_at = now(), body_encoding = excluded.body_encoding, body = excluded.body "
+        "    http_status = excluded.http_status, content_type = excluded.content_type, headers = excluded.headers, "
+        "    fetched_at = now(), sha256 = excluded.sha256, run_id = excluded.run_id, body_encoding = NULL, "
+        "    body = NULL "
         "  RETURNING entry_id) "
         "UPDATE feed_entries SET status = 'fetched', attempts = attempts + 1, retryable = false, error = NULL, "
         "  last_run_id = :run_id, updated_at = now() WHERE id IN (SELECT entry_id FROM page)"
@@ -287,13 +306,8 @@ def store_pages(conn: Connection, run_id: int, fetched: Sequence[tuple[int, Fetc
         "final_urls": [result.final_url for _entry_id, result in fetched],
         "statuses": [result.status for _entry_id, result in fetched],
         "content_types": [result.headers.get("content-type") for _entry_id, result in fetched],
-        "encodings": [encoding for encoding, _body in bodies], "bodies": [body for _encoding, body in bodies]})
-
-
-def _stored_body(result: FetchResult) -> tuple[str, bytes]:
-    if result.body_encoding == "gzip":
-        return "gzip", result.body
-    return "zlib", zlib.compress(result.body, PAGE_ZLIB_LEVEL)
+        "headers": [json.dumps(archive.kept_headers(result.headers)) for _entry_id, result in fetched],
+        "digests": [blob.sha256 for blob in blobs], "run_ids": [run_id] * len(fetched)})
 
 
 def mark_entry_failed(
@@ -303,7 +317,9 @@ def mark_entry_failed(
     conn.execute(text(
         "UPDATE feed_entries SET status = :status, error = :error, retryable = :retryable, "
         "  attempts = attempts + CASE WHEN :status = 'page_failed' THEN 1 ELSE 0 END, "
-        "  last_run_id = :run_id, updated_at = now() WHERE id = :entry_id"
+        "  last_run_id = :run_id, updated_at = now() WHERE id = :entry_id "
+        # a replay that fails the same way again changes nothing; a failed fetch always counts an attempt
+        "  AND (:status = 'page_failed' OR (status, error, retryable) IS DISTINCT FROM (:status, :error, :retryable))"
     ), {"entry_id": entry_id, "run_id": run_id, "status": status, "error": error[:2000], "retryable": retryable})
 
 
@@ -315,32 +331,54 @@ def fetched_entry_ids(conn: Connection, feed_ids: Sequence[int]) -> list[int]:
     return [int(row.id) for row in rows]
 
 
-def _decoded_body(encoding: str, body: bytes) -> bytes:
-    if encoding == "zlib":
-        return zlib.decompress(body)
-    if encoding == "gzip":  # one member, checked complete when fetched
-        return zlib.decompress(body, GZIP_WBITS)
-    return bytes(body)
-
-
-def fetched_pages(conn: Connection, entry_ids: Sequence[int]) -> list[FetchedPage]:
-    """The stored pages of these entries (still waiting for extraction), decompressed."""
+def fetched_pages(conn: Connection, entry_ids: Sequence[int], *, replay: bool = False) -> list[FetchedPage]:
+    """The archived pages of these entries, decompressed: only those still waiting for extraction, or with
+    `replay` those of any entry whose page is archived (to process them again)."""
+    waiting = "" if replay else "AND e.status = 'fetched' "
     rows = conn.execute(text(
         "SELECT e.id AS entry_id, e.url AS entry_url, p.final_url, e.title, e.author, e.published_at, "
-        "       s.name AS source, s.id AS source_id, p.content_type, p.body_encoding, p.body "
+        "       s.name AS source, s.id AS source_id, p.content_type, "
+        "       coalesce(b.encoding, p.body_encoding) AS body_encoding, coalesce(b.body, p.body) AS body "
         "FROM feed_entries e JOIN pages p ON p.entry_id = e.id JOIN feeds f ON f.id = e.feed_id "
-        "JOIN sources s ON s.id = f.source_id "
-        "WHERE e.id = ANY(:ids) AND e.status = 'fetched' ORDER BY e.published_at NULLS LAST, e.id"
+        "JOIN sources s ON s.id = f.source_id LEFT JOIN archive_blobs b ON b.sha256 = p.sha256 "
+        f"WHERE e.id = ANY(:ids) {waiting}AND (p.sha256 IS NOT NULL OR p.body IS NOT NULL) "
+        "ORDER BY e.published_at NULLS LAST, e.id"
     ), {"ids": list(entry_ids)})
     pages = []
     for row in rows:
         fields = dict(row._mapping)
         encoding = fields.pop("body_encoding")
         try:
-            fields["body"] = _decoded_body(encoding, row.body)
+            fields["body"] = archive.decoded(encoding, row.body)
         except zlib.error as exc:
             # one damaged row must not stop its batch: the entry is recorded as failed with this reason
             LOGGER.warning("stored page of entry %s is unreadable: %s", row.entry_id, exc)
             fields["body"], fields["unreadable"] = b"", f"stored page unreadable: {exc}"
         pages.append(FetchedPage(**fields))
     return pages
+
+
+def replay_entry_ids(conn: Connection, feed_ids: Sequence[int] | None, since: datetime, until: datetime) -> list[int]:
+    """Entries whose page is archived and that belong to [since, until): published in it, or undated and
+    fetched in it; of these feeds, or of every feed (disabled ones included) when `feed_ids` is None."""
+    rows = conn.execute(text(
+        "SELECT e.id FROM feed_entries e JOIN pages p ON p.entry_id = e.id "
+        "WHERE (CAST(:all_feeds AS boolean) OR e.feed_id = ANY(:feed_ids)) "
+        "  AND (p.sha256 IS NOT NULL OR p.body IS NOT NULL) "
+        "  AND ((e.published_at >= :since AND e.published_at < :until) "
+        "       OR (e.published_at IS NULL AND p.fetched_at >= :since AND p.fetched_at < :until)) "
+        "ORDER BY e.published_at NULLS LAST, e.id"
+    ), {"all_feeds": feed_ids is None, "feed_ids": list(feed_ids or []), "since": since, "until": until})
+    return [int(row.id) for row in rows]
+
+
+def replay_feed_ids(conn: Connection, since: datetime, until: datetime) -> list[int]:
+    """The feeds (enabled or not) with archived pages in [since, until), as replay_entry_ids selects them."""
+    rows = conn.execute(text(
+        "SELECT DISTINCT e.feed_id FROM feed_entries e JOIN pages p ON p.entry_id = e.id "
+        "WHERE (p.sha256 IS NOT NULL OR p.body IS NOT NULL) "
+        "  AND ((e.published_at >= :since AND e.published_at < :until) "
+        "       OR (e.published_at IS NULL AND p.fetched_at >= :since AND p.fetched_at < :until)) "
+        "ORDER BY e.feed_id"
+    ), {"since": since, "until": until})
+    return [int(row.feed_id) for row in rows]

@@ -72,3 +72,19 @@ def test_dag_follows_the_house_rules(airflow_db) -> None:
     assert dag.get_task("fetch").is_mapped and dag.get_task("process").is_mapped
     # a failed fetch batch does not stop the others' pages from being processed; finish reports it
     assert dag.get_task("process").trigger_rule == "all_done" and dag.get_task("finish").trigger_rule == "all_done"
+
+
+@pytest.mark.parametrize("dag_file", sorted(p.name for p in DAG_FILE.parent.glob("*.py")))
+def test_every_dag_follows_the_house_rules(airflow_db, dag_file: str) -> None:
+    from airflow.dag_processing.dagbag import DagBag
+
+    bag = DagBag(dag_folder=str(DAG_FILE.parent / dag_file))
+    assert bag.import_errors == {} and len(bag.dags) == 1  # one @dag per file
+    dag = next(iter(bag.dags.values()))
+    assert dag.dag_id == dag_file.removesuffix(".py")
+    assert dag.start_date is not None and dag.start_date.utcoffset().total_seconds() == 0
+    assert dag.catchup is False and dag.tags and dag.doc_md and dag.dag_id in dag.doc_md
+    assert dag.max_active_runs and dag.max_active_runs <= 16
+    for task in dag.tasks:
+        if task.task_id != "finish":  # news_ingest's finish reports failures; retrying it adds nothing
+            assert task.retries >= 1 and task.retry_exponential_backoff, task.task_id

@@ -197,8 +197,10 @@ def test_a_damaged_stored_page_is_recorded_and_the_others_load(
     run_id = flow.open_run(engine, "damaged", "cli", WEEK_START, WEEK_END)
     flow.fetch_feeds(engine, settings, run_id, flow.feed_batches(engine, settings)[0], WEEK_START, WEEK_END)
     with engine.begin() as conn:
-        damaged = conn.execute(text("UPDATE pages SET body = 'not zlib' WHERE entry_id = "
-                                    "(SELECT min(entry_id) FROM pages) RETURNING entry_id")).scalar_one()
+        damaged = conn.execute(text("SELECT min(entry_id) FROM pages")).scalar_one()
+        # the archived bytes of that page (no other page of the demo site has the same content)
+        conn.execute(text("UPDATE archive_blobs SET body = 'not zlib' WHERE sha256 = "
+                          "(SELECT sha256 FROM pages WHERE entry_id = :id)"), {"id": damaged})
         entry_ids = [row[0] for row in conn.execute(text("SELECT entry_id FROM pages ORDER BY 1"))]
     counts = flow.process_entries(engine, settings, run_id, entry_ids)
     with engine.connect() as conn:

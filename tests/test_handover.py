@@ -40,7 +40,8 @@ def test_gzip_pages_are_stored_as_sent_and_read_back_decoded(
     run_id = flow.open_run(engine, "gzip", "cli", WEEK_START, WEEK_END)
     flow.fetch_feeds(engine, settings, run_id, flow.feed_batches(engine, settings)[0], WEEK_START, WEEK_END)
     with engine.connect() as conn:
-        encodings = dict(conn.execute(text("SELECT body_encoding, count(*) FROM pages GROUP BY 1")).all())
+        encodings = dict(conn.execute(text("SELECT b.encoding, count(*) FROM pages p "
+                                           "JOIN archive_blobs b ON b.sha256 = p.sha256 GROUP BY 1")).all())
         entry_id, final_url = conn.execute(text("SELECT entry_id, final_url FROM pages ORDER BY 1 LIMIT 1")).one()
         page = store.fetched_pages(conn, [entry_id])[0]
     assert set(encodings) == {"gzip"}  # the demo site compresses, as news sites do
@@ -57,7 +58,8 @@ def test_pages_sent_uncompressed_are_stored_zlib_compressed_and_load(engine: Eng
         _run_id, totals = flow.run_interval(engine, settings.with_overrides(workers=2), since=WEEK_START,
                                             until=WEEK_END, run_key="plain")
     with engine.connect() as conn:
-        encodings = conn.execute(text("SELECT body_encoding FROM pages")).scalars().all()
+        encodings = conn.execute(text("SELECT b.encoding FROM pages p JOIN archive_blobs b ON b.sha256 = p.sha256"
+                                      )).scalars().all()
         titles = conn.execute(text("SELECT title FROM articles")).scalars().all()
     assert encodings == ["zlib"]
     assert totals["loaded"] == 1 and titles == ["Plain page"]

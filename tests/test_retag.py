@@ -23,7 +23,8 @@ from tests.conftest import _admin
 
 WEEK_START = datetime(2026, 11, 2, tzinfo=UTC)
 WEEK_END = datetime(2026, 11, 9, tzinfo=UTC)
-TOPIC_ROWS = "SELECT * FROM article_topics ORDER BY article_id, topic_id"
+TOPIC_ROWS = ("SELECT article_id, topic_id, score, evidence, taxonomy_version, tagged_at, rule_version "
+              "FROM article_topics ORDER BY article_id, topic_id")
 
 # The edit reviewers might make: "DPRK sanctions" no longer accepts UN sanctions machinery without the word
 # "sanctions" (the sanction_measures group), which other topics (Iran sanctions) keep using.
