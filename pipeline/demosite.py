@@ -45,6 +45,7 @@ HTML_TYPE = "text/html; charset=utf-8"
 RSS_TYPE = "application/rss+xml; charset=utf-8"
 ATOM_TYPE = "application/atom+xml; charset=utf-8"
 TEXT_TYPE = "text/plain; charset=utf-8"
+XML_TYPE = "application/xml; charset=utf-8"
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8391
 LATEST_COUNT = 5
@@ -214,6 +215,17 @@ class DemoSite:
                         urls.append(link)
         return urls
 
+    def sitemap_articles(self) -> dict[str, list[DemoArticle]]:
+        """The articles the served feeds list, by outlet, newest first: what the news sitemaps give."""
+        listed: dict[str, DemoArticle] = {}
+        for feed in self.feeds:
+            if feed.failure != "http_500":
+                listed.update((item.key, item) for item in self.feed_items(feed) if isinstance(item, DemoArticle))
+        by_outlet: dict[str, list[DemoArticle]] = {}
+        for article in sorted(listed.values(), key=lambda a: (a.published_at, a.key), reverse=True):
+            by_outlet.setdefault(article.outlet, []).append(article)
+        return by_outlet
+
     def render(self, path_and_query: str, base_url: str) -> tuple[int, str, bytes]:
         """Status, content type and body for a request path; unknown paths get a 404 page."""
         path = path_and_query.split("#", 1)[0].split("?", 1)[0] or "/"
@@ -234,6 +246,9 @@ class DemoSite:
             routes[f"/{slug}/"] = ("outlet", slug)
         for feed in self.feeds:
             _add_route(routes, feed.path, ("feed", feed.path))
+        _add_route(routes, "/sitemap.xml", ("sitemap_index", ""))
+        for slug in self.sitemap_articles():
+            _add_route(routes, f"/sitemaps/{slug}.xml", ("sitemap", slug))
         for article in self.articles:
             for path in (article.path, *article.aliases):
                 _add_route(routes, path, ("article", article.key))
@@ -256,6 +271,11 @@ class DemoSite:
             return 200, HTML_TYPE, self._home_html(base_url).encode()
         if kind == "outlet":
             return 200, HTML_TYPE, self._outlet_html(self.outlets[name], base_url).encode()
+        if kind == "sitemap_index":
+            return 200, XML_TYPE, _sitemap_index_xml(self.sitemap_articles(), base_url).encode()
+        if kind == "sitemap":
+            outlet = self.outlets[name]
+            return 200, XML_TYPE, _news_sitemap_xml(outlet, self.sitemap_articles()[name], base_url).encode()
         if kind == "robots":
             return 200, TEXT_TYPE, b"User-agent: *\nAllow: /\n"
         return 404, HTML_TYPE, _not_found_html(path).encode()
@@ -851,6 +871,47 @@ def _rss_xml(site: DemoSite, outlet: DemoOutlet, feed: DemoFeed, items: list[Fee
             "  </item>",
         ]
     lines += ["</channel>", "</rss>", ""]
+    return "\n".join(lines)
+
+
+def _sitemap_index_xml(by_outlet: dict[str, list[DemoArticle]], base_url: str) -> str:
+    """A sitemap index: one news sitemap per outlet, last modified when its newest article was published."""
+    lines = ['<?xml version="1.0" encoding="utf-8"?>',
+             '<sitemapindex xmlns="http://www.sitemaps.org/schemas/sitemap/0.9">']
+    for slug, articles in by_outlet.items():
+        lines += [
+            "  <sitemap>",
+            f"    <loc>{xml_escape(f'{base_url}/sitemaps/{slug}.xml')}</loc>",
+            f"    <lastmod>{articles[0].published_at.astimezone(UTC).isoformat(timespec='seconds')}</lastmod>",
+            "  </sitemap>",
+        ]
+    lines += ["</sitemapindex>", ""]
+    return "\n".join(lines)
+
+
+def _news_sitemap_xml(outlet: DemoOutlet, articles: list[DemoArticle], base_url: str) -> str:
+    """An outlet's Google News sitemap: canonical URLs, with publication date and title."""
+    esc = xml_escape
+    lines = [
+        '<?xml version="1.0" encoding="utf-8"?>',
+        '<urlset xmlns="http://www.sitemaps.org/schemas/sitemap/0.9" '
+        'xmlns:news="http://www.google.com/schemas/sitemap-news/0.9">',
+    ]
+    for article in articles:
+        published = _local_iso(outlet, article.published_at)
+        lines += [
+            "  <url>",
+            f"    <loc>{esc(article.canonical_url(base_url))}</loc>",
+            f"    <lastmod>{published}</lastmod>",
+            "    <news:news>",
+            f"      <news:publication><news:name>{esc(outlet.name)}</news:name>"
+            "<news:language>en</news:language></news:publication>",
+            f"      <news:publication_date>{published}</news:publication_date>",
+            f"      <news:title>{esc(article.title)}</news:title>",
+            "    </news:news>",
+            "  </url>",
+        ]
+    lines += ["</urlset>", ""]
     return "\n".join(lines)
 
 
