@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import zlib
 from dataclasses import dataclass
@@ -35,7 +36,7 @@ class Blob:
 @dataclass(frozen=True)
 class PruneOutcome:
     pages: int  # page rows whose bytes were dropped (their fetch facts stay)
-    feed_documents: int  # feed polls whose document was dropped
+    feed_documents: int  # feed and sitemap documents dropped
     blobs: int  # distinct documents deleted
     bytes: int  # compressed bytes freed
 
@@ -107,6 +108,15 @@ def prune(conn: Connection, older_than: datetime, batch: int = PRUNE_BATCH) -> P
         feeds += moved
         if moved < batch:
             break
+    while True:
+        moved = conn.execute(text(
+            "UPDATE sitemap_documents SET sha256 = NULL WHERE (run_id, feed_id, url) IN ("
+            "  SELECT run_id, feed_id, url FROM sitemap_documents WHERE fetched_at < :cutoff AND sha256 IS NOT NULL "
+            "  LIMIT :batch)"
+        ), {"cutoff": older_than, "batch": batch}).rowcount
+        feeds += moved
+        if moved < batch:
+            break
     blobs = freed = 0
     while True:
         row = conn.execute(text(
@@ -115,6 +125,7 @@ def prune(conn: Connection, older_than: datetime, batch: int = PRUNE_BATCH) -> P
             "    SELECT b.sha256 FROM archive_blobs AS b WHERE b.stored_at < :cutoff "
             "      AND NOT EXISTS (SELECT 1 FROM pages AS p WHERE p.sha256 = b.sha256) "
             "      AND NOT EXISTS (SELECT 1 FROM feed_fetches AS ff WHERE ff.sha256 = b.sha256) "
+            "      AND NOT EXISTS (SELECT 1 FROM sitemap_documents AS sd WHERE sd.sha256 = b.sha256) "
             "    LIMIT :batch FOR UPDATE SKIP LOCKED) "
             "  RETURNING stored_size) "
             "SELECT count(*) AS blobs, coalesce(sum(stored_size), 0) AS bytes FROM gone"
@@ -126,3 +137,23 @@ def prune(conn: Connection, older_than: datetime, batch: int = PRUNE_BATCH) -> P
     LOGGER.info("archive prune before %s: %d pages and %d feed documents dropped, %d documents (%d bytes) freed",
                 older_than.isoformat(), pages, feeds, blobs, freed)
     return PruneOutcome(pages=pages, feed_documents=feeds, blobs=blobs, bytes=freed)
+
+
+def store_sitemap_documents(conn: Connection, run_id: int, feed_id: int,
+                            fetched: list[tuple[FetchResult, int, str | None]]) -> None:
+    """Record (and archive) the child documents a sitemap poll read, as (fetch, URLs listed, error) triples; a
+    retried poll overwrites its rows."""
+    blobs = {id(result): blob_of(result) for result, _urls, _error in fetched if result.ok and result.content}
+    store_blobs(conn, list(blobs.values()))
+    for result, urls, error in fetched:
+        blob = blobs.get(id(result))
+        conn.execute(text(
+            "INSERT INTO sitemap_documents (run_id, feed_id, url, final_url, http_status, headers, sha256, urls, "
+            "  error) "
+            "VALUES (:run_id, :feed_id, :url, :final_url, :status, CAST(:headers AS jsonb), :sha256, :urls, :error) "
+            "ON CONFLICT (run_id, feed_id, url) DO UPDATE SET final_url = excluded.final_url, "
+            "  http_status = excluded.http_status, headers = excluded.headers, fetched_at = now(), "
+            "  sha256 = excluded.sha256, urls = excluded.urls, error = excluded.error"
+        ), {"run_id": run_id, "feed_id": feed_id, "url": result.url, "final_url": result.final_url,
+            "status": result.status, "headers": json.dumps(kept_headers(result.headers)),
+            "sha256": blob.sha256 if blob else None, "urls": urls, "error": error})

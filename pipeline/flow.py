@@ -15,7 +15,7 @@ from pathlib import Path
 
 from sqlalchemy import Connection, Engine, text
 
-from pipeline import store
+from pipeline import archive, store
 from pipeline.db import engine_for, forget_engines
 from pipeline.dedupe import choose_canonical, content_hash, word_count
 from pipeline.extract import EXTRACTOR_VERSION, extract
@@ -26,6 +26,7 @@ from pipeline.models import Article, Extraction, FetchResult
 from pipeline.neardup import scheme_for
 from pipeline.polling import adapted_interval, backoff_delay, disable_reason
 from pipeline.settings import Settings
+from pipeline.sitemaps import read_sitemaps
 from pipeline.topics import Taxonomy, load_taxonomy
 
 LOGGER = logging.getLogger(__name__)
@@ -142,7 +143,8 @@ def fetch_feeds(
             for feed in feeds:
                 with engine.begin() as conn:
                     if feed.due:
-                        _poll_feed(conn, client, settings, feed, run_id, window_start, until, counts)
+                        poll = _poll_sitemap if feed.kind == "sitemap" else _poll_feed
+                        poll(conn, client, settings, feed, run_id, window_start, until, counts)
                     else:  # backing off after failures, or polled recently enough for its publishing rate
                         LOGGER.info("feed %s: not polled before %s (%d failures in a row)", feed.url,
                                     feed.next_poll_at.isoformat() if feed.next_poll_at else "?",
@@ -196,6 +198,34 @@ def _poll_feed(conn: Connection, client: HttpClient, settings: Settings, feed: s
     counts["entries_new"] += store.upsert_entries(conn, feed.id, run_id, parsed.entries)
     if status != "ok":
         LOGGER.warning("feed %s: %s: %s", feed.url, status, error)
+
+
+def _poll_sitemap(conn: Connection, client: HttpClient, settings: Settings, feed: store.FeedRow, run_id: int,
+                  window_start: datetime, until: datetime, counts: dict[str, float]) -> None:
+    """Read a news sitemap (or index) for the items dated in the window, record the poll and its documents
+    (archived), and queue the items; an unusable child sitemap is recorded and the others still count."""
+    counts["feeds_polled"] += 1
+    read = read_sitemaps(client, feed.url, window_start, until, max_documents=settings.sitemap_max_documents)
+    top, top_document = read.fetches[0], read.documents[0]
+    archive.store_sitemap_documents(conn, run_id, feed.id, [
+        (fetched, document.urls, document.error)
+        for fetched, document in zip(read.fetches[1:], read.documents[1:], strict=True)])
+    if top_document.error:
+        _record_failed_poll(conn, settings, feed, run_id, top, top_document.error, counts)
+        return
+    problems = [f"{d.url}: {d.error or d.bozo_reason}" for d in read.documents if d.error or d.bozo_reason]
+    status = "malformed" if problems else "ok"
+    error = f"{len(problems)} of {len(read.documents)} sitemap documents unusable or damaged; {problems[0]}" \
+        if problems else None
+    shortest, longest = settings.feed_min_interval, min(settings.feed_max_interval, settings.lookback)
+    interval = adapted_interval((entry.published_at for entry in read.entries), shortest, longest)
+    store.record_feed_poll(conn, run_id, feed.id, status=status, result=top, items=read.listed,
+                           items_in_window=len(read.entries), error=error, next_poll_in=interval,
+                           poll_interval=interval)
+    counts["entries_seen"] += len(read.entries)
+    counts["entries_new"] += store.upsert_entries(conn, feed.id, run_id, read.entries)
+    if problems:
+        LOGGER.warning("sitemap %s: %s", feed.url, error)
 
 
 def _record_failed_poll(conn: Connection, settings: Settings, feed: store.FeedRow, run_id: int,

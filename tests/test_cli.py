@@ -16,7 +16,8 @@ from pipeline.settings import PROJECT_ROOT
 
 COMMANDS = [[], ["db"], ["db", "migrate"], ["db", "url"], ["db", "psql"], ["db", "stop"], ["feeds"],
             ["feeds", "add"], ["feeds", "import"], ["feeds", "list"], ["feeds", "enable"], ["feeds", "disable"],
-            ["run"], ["extract"], ["summary"], ["settings"]]
+            ["run"], ["backfill"], ["archive"], ["archive", "usage"], ["archive", "prune"], ["extract"], ["summary"],
+            ["settings"]]
 
 
 @pytest.mark.parametrize("command", COMMANDS, ids=lambda c: " ".join(c) or "top")

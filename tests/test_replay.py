@@ -203,7 +203,7 @@ def test_the_archive_stores_identical_bytes_once_with_their_fetch_facts(
     assert blobs == used
     assert page.http_status == 200 and page.headers["content-type"].startswith("text/html")
     assert page.run_id is not None and 0 < page.stored_size < page.size
-    assert document is not None and b"<rss" in document[:500] or b"<feed" in document[:500]
+    assert document is not None and (b"<rss" in document[:500] or b"<feed" in document[:500])
 
 
 def test_prune_drops_old_bytes_keeps_fetch_facts_and_replay_skips_what_is_gone(
@@ -251,6 +251,40 @@ def test_archive_commands(cli_env: None, engine: Engine, demo_base_url: str,
     assert f"{DEMO_ARTICLES} articles unchanged" in capsys.readouterr().out
     assert main(["backfill", "--from", "2026-11-09", "--to", "2026-11-02"]) == 1
     assert "is not before" in capsys.readouterr().err
+
+
+def test_a_new_sources_history_is_backfilled_from_its_news_sitemap(
+    cli_env: None, engine: Engine, demo_base_url: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # the whole site's index as one source for the first day, then each outlet's own news sitemap as its source
+    assert main(["feeds", "add", f"{demo_base_url}/sitemap.xml", "--sitemap", "--source", "Demo sitemaps"]) == 0
+    assert "added sitemap" in capsys.readouterr().out
+    # one day first: only what the sitemaps date in it
+    assert main(["backfill", "--from", "2026-11-04", "--to", "2026-11-05"]) == 0
+    with engine.connect() as conn:
+        first_day = conn.execute(text("SELECT published_at FROM feed_entries")).scalars().all()
+    dates = [a.published_at for listed in demosite.load_site().sitemap_articles().values() for a in listed]
+    # the day, and the lookback before it (items that reached a feed late)
+    expected_day = [d for d in dates if WEEK_START + timedelta(days=2, hours=-6) <= d < WEEK_START + timedelta(days=3)]
+    assert sorted(first_day) == sorted(expected_day) and first_day
+
+    assert main(["feeds", "disable", f"{demo_base_url}/sitemap.xml"]) == 0
+    with engine.begin() as conn:
+        conn.execute(text("TRUNCATE articles, feed_entries, story_clusters CASCADE"))
+    site = demosite.load_site()
+    for slug in site.sitemap_articles():  # the outlets that publish articles
+        assert main(["feeds", "add", f"{demo_base_url}/sitemaps/{slug}.xml", "--sitemap", "--source",
+                     site.outlets[slug].name]) == 0
+    assert main(["backfill", "--from", "2026-11-02", "--to", "2026-11-09"]) == 0
+    with engine.connect() as conn:
+        articles = conn.execute(text("SELECT count(*) FROM articles")).scalar_one()
+        documents = conn.execute(text(
+            "SELECT count(*) AS documents, count(sha256) AS archived, count(*) FILTER (WHERE error IS NOT NULL) "
+            "AS failed FROM sitemap_documents")).one()
+        polls = conn.execute(text("SELECT DISTINCT status FROM feed_fetches")).scalars().all()
+    assert articles == DEMO_ARTICLES
+    assert documents.documents > 0 and documents.archived == documents.documents and documents.failed == 0
+    assert polls == ["ok"]
 
 
 # The Airflow path: dag.test() with the news database as the news_db connection.

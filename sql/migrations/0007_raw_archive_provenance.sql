@@ -40,6 +40,27 @@ ALTER TABLE feed_fetches ADD CONSTRAINT feed_fetches_blob_fkey FOREIGN KEY (sha2
 CREATE INDEX feed_fetches_sha256_idx ON feed_fetches (sha256);
 CREATE INDEX feed_fetches_fetched_at_idx ON feed_fetches (fetched_at);
 
+-- The child sitemaps a sitemap source's poll read (its top document is the poll's feed_fetches row), with
+-- their fetch facts and archived bytes.
+CREATE TABLE sitemap_documents (
+    run_id       bigint      NOT NULL,
+    feed_id      bigint      NOT NULL,
+    url          text        NOT NULL,
+    final_url    text,
+    http_status  integer,
+    headers      jsonb       NOT NULL DEFAULT '{}',
+    fetched_at   timestamptz NOT NULL DEFAULT now(),
+    sha256       bytea,
+    urls         integer     NOT NULL DEFAULT 0,
+    error        text,
+    CONSTRAINT sitemap_documents_pkey PRIMARY KEY (run_id, feed_id, url),
+    CONSTRAINT sitemap_documents_run_fkey FOREIGN KEY (run_id) REFERENCES ingest_runs (id) ON DELETE CASCADE,
+    CONSTRAINT sitemap_documents_feed_fkey FOREIGN KEY (feed_id) REFERENCES feeds (id) ON DELETE CASCADE,
+    CONSTRAINT sitemap_documents_blob_fkey FOREIGN KEY (sha256) REFERENCES archive_blobs (sha256)
+);
+CREATE INDEX sitemap_documents_sha256_idx ON sitemap_documents (sha256);
+CREATE INDEX sitemap_documents_fetched_at_idx ON sitemap_documents (fetched_at);
+
 -- A source may be read from a news sitemap (or sitemap index) instead of an RSS/Atom feed; both are "feeds"
 -- with the same health, backoff and entry queue.
 ALTER TABLE feeds ADD COLUMN kind text NOT NULL DEFAULT 'feed';
@@ -86,6 +107,8 @@ FROM (
     SELECT DISTINCT 'page' AS kind, sha256 FROM pages WHERE sha256 IS NOT NULL
     UNION
     SELECT DISTINCT 'feed', sha256 FROM feed_fetches WHERE sha256 IS NOT NULL
+    UNION
+    SELECT DISTINCT 'sitemap', sha256 FROM sitemap_documents WHERE sha256 IS NOT NULL
 ) AS used
 JOIN archive_blobs AS b ON b.sha256 = used.sha256
 GROUP BY kind;
