@@ -33,6 +33,7 @@ import dedup_bench  # noqa: E402
 import scratch_db  # noqa: E402
 import search_bench  # noqa: E402
 import topics_bench  # noqa: E402
+from sqlalchemy import text  # noqa: E402
 
 from pipeline import db, demosite, flow, store  # noqa: E402
 from pipeline.extract import extract  # noqa: E402
@@ -158,6 +159,26 @@ def end_to_end(databases: scratch_db.Databases, feed_urls: Sequence[tuple[str, s
             "articles_per_s": processed / seconds if seconds else 0.0, "totals": totals}
 
 
+def replay_pass(engine: Any, settings: Settings, since: datetime, until: datetime, *, cold: bool) -> dict[str, Any]:
+    """One replay of the interval's archived pages (no network). Warm: the articles are stored, as after a
+    rule change (re-extract, compare, re-tag). Cold: the article tables are emptied first (outside the timing),
+    so every page is extracted, deduplicated, tagged and inserted again."""
+    if cold:
+        with engine.begin() as conn:  # DELETE, not TRUNCATE: the entries and their archived pages stay
+            conn.execute(text("DELETE FROM articles"))
+            conn.execute(text("DELETE FROM story_clusters"))
+            conn.execute(text("UPDATE feed_entries SET status = 'fetched', article_id = NULL"))
+        with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+            conn.execute(text("VACUUM ANALYZE"))  # the deleted rows cleaned up before the timing, not during
+    started = time.perf_counter()
+    _run_id, totals = flow.run_interval(engine, settings, since=since, until=until, mode="replay",
+                                        run_key=f"bench-replay-{uuid.uuid4().hex[:8]}")
+    seconds = time.perf_counter() - started
+    processed = totals.get("replayed", 0)
+    return {"seconds": seconds, "pages": processed, "processed": processed,
+            "articles_per_s": processed / seconds if seconds else 0.0, "totals": totals}
+
+
 def measure_rounds(rounds: int, baseline: Callable[[], dict[str, Any]], candidate: Callable[[], dict[str, Any]]
                    ) -> tuple[dict[str, Any], dict[str, Any]]:
     """Alternate baseline and candidate `rounds` times (so drift on a noisy machine hits both alike) and keep
@@ -258,6 +279,21 @@ def main(argv: Sequence[str] | None = None) -> int:
                     lambda: end_to_end(databases, aeb_feeds, since, until, workers))
                 log("AEB: end to end on one process (for the per-article comparison) ...")
                 results["aeb_e2e_1worker"] = end_to_end(databases, aeb_feeds, since, until, 1)
+                replay_url = databases.fresh()
+                replay_engine = db.engine_for(replay_url)
+                with replay_engine.begin() as conn:
+                    for source, feed_url in aeb_feeds:
+                        store.upsert_feed(conn, feed_url, store.upsert_source(conn, source))
+                replay_settings = Settings(database_url=replay_url, allow_private_addresses=True, workers=workers,
+                                           data_dir=Path(tempfile.gettempdir()))
+                flow.run_interval(replay_engine, replay_settings, since=since, until=until, run_key="bench-live")
+            # replay needs no network: the page server is gone
+            for kind in ("warm", "cold"):
+                log(f"AEB: {args.rounds} rounds of extraction only / replay ({kind}) ...")
+                results[f"aeb_replay_{kind}_extract"], results[f"aeb_replay_{kind}"] = measure_rounds(
+                    args.rounds, lambda: extraction_only(html_pages, workers),
+                    lambda kind=kind: replay_pass(replay_engine, replay_settings, since, until, cold=kind == "cold"))
+            databases.settle(replay_url)
             log("AEB: extraction quality, ours against trafilatura.extract defaults ...")
             ours = aeb.evaluate(lambda html, url: extract(html, url).body, corpus)
             plain = aeb.evaluate(lambda html, url: __import__("trafilatura").extract(html), corpus)
@@ -302,6 +338,20 @@ def render(results: dict[str, Any]) -> str:
                   f"  ratio             {ratio:8.2f}  (median of the rounds' back-to-back ratios "
                   f"{e2e['round_ratios']}; target >= 0.80)",
                   "  per stage:", *stage_table(e2e), ""]
+    for kind, meaning in (("warm", "articles stored: re-extract, compare, re-tag"),
+                          ("cold", "article tables emptied: every page re-extracted, deduped, tagged, inserted")):
+        replay, ext = results.get(f"aeb_replay_{kind}"), results.get(f"aeb_replay_{kind}_extract")
+        if not replay:
+            continue
+        ratio = statistics.median(replay["round_ratios"])
+        live = results["aeb_e2e"]["articles_per_s"]
+        lines += [f"AEB replay, {kind} ({meaning}): {replay['processed']} archived pages, no network",
+                  f"  replay            {replay['articles_per_s']:8.1f} articles/s "
+                  f"({replay['articles_per_s'] / live:.2f}x live ingestion of the same pages)",
+                  f"  extraction only   {ext['pages_per_s']:8.1f} pages/s",
+                  f"  ratio             {ratio:8.2f}  (median of the rounds' back-to-back ratios "
+                  f"{replay['round_ratios']}; target >= 0.90)",
+                  "  per stage:", *stage_table(replay), ""]
     quality = results.get("aeb_quality")
     if quality:
         lines.append("AEB extraction quality (benchmark scoring: 4-token shingles; F1 of mean P and mean R):")
