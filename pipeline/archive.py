@@ -65,7 +65,8 @@ def kept_headers(headers: dict[str, str]) -> dict[str, str]:
 
 def store_blobs(conn: Connection, blobs: list[Blob]) -> None:
     """Insert the documents not archived yet, in one statement; identical content is stored once."""
-    unique = {blob.sha256: blob for blob in blobs}
+    # in digest order: two runs archiving the same documents wait on each other instead of deadlocking
+    unique = {blob.sha256: blob for blob in sorted(blobs, key=lambda blob: blob.sha256)}
     if not unique:
         return
     conn.execute(text(
