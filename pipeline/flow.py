@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import multiprocessing
 import threading
@@ -12,6 +13,7 @@ from concurrent.futures import Future, ProcessPoolExecutor, ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 from functools import cache
 from pathlib import Path
+from typing import Any
 
 from sqlalchemy import Connection, Engine, text
 
@@ -24,6 +26,7 @@ from pipeline.http import FEED_TYPES, PAGE_TYPES, HttpClient
 from pipeline.load import LoadItem, load_articles, sync_topics
 from pipeline.models import Article, Extraction, FetchResult
 from pipeline.neardup import scheme_for
+from pipeline.politeness import Politeness, cache_policy, deferred, retry_after, without_validators
 from pipeline.polling import adapted_interval, backoff_delay, disable_reason
 from pipeline.settings import Settings
 from pipeline.sitemaps import read_sitemaps
@@ -138,13 +141,14 @@ def fetch_feeds(
     with engine.begin() as conn:  # a feed disabled since the run was planned is left alone
         feeds = store.list_feeds(conn, enabled_only=True, ids=feed_ids)
     with HttpClient(settings) as client:
-        pages = _PageFetcher(engine, client, settings, run_id, progress, on_stored)
+        polite = Politeness(engine, client, settings)  # robots.txt looked up once per host in this call
+        pages = _PageFetcher(engine, client, settings, run_id, progress, on_stored, polite)
         try:
             for feed in feeds:
                 with engine.begin() as conn:
                     if feed.due:
                         poll = _poll_sitemap if feed.kind == "sitemap" else _poll_feed
-                        poll(conn, client, settings, feed, run_id, window_start, until, counts)
+                        poll(conn, client, settings, feed, run_id, window_start, until, counts, polite)
                     else:  # backing off after failures, or polled recently enough for its publishing rate
                         LOGGER.info("feed %s: not polled before %s (%d failures in a row)", feed.url,
                                     feed.next_poll_at.isoformat() if feed.next_poll_at else "?",
@@ -169,20 +173,31 @@ def fetch_feeds(
 
 
 def _poll_feed(conn: Connection, client: HttpClient, settings: Settings, feed: store.FeedRow, run_id: int,
-               window_start: datetime, until: datetime, counts: dict[str, float]) -> None:
+               window_start: datetime, until: datetime, counts: dict[str, float], polite: Politeness) -> None:
     """Fetch and parse one feed, record the poll and when to poll it next, and queue the items it lists."""
+    result = polite.fetch(feed.url, lambda: client.get(feed.url, accept=FEED_ACCEPT, etag=feed.etag,
+                                                       last_modified=feed.last_modified, content_types=FEED_TYPES),
+                          page=False)
+    if deferred(result):  # its host asked for a longer wait than a run gives: the feed stays due
+        LOGGER.info("feed %s: not polled: %s", feed.url, result.error)
+        return
     counts["feeds_polled"] += 1
-    result = client.get(feed.url, accept=FEED_ACCEPT, etag=feed.etag, last_modified=feed.last_modified,
-                        content_types=FEED_TYPES)
     if result.error:
         _record_failed_poll(conn, settings, feed, run_id, result, result.error, counts)
         return
     # an item must be seen before it ages out of the runs' window, so the interval never exceeds the lookback
     shortest, longest = settings.feed_min_interval, min(settings.feed_max_interval, settings.lookback)
-    if result.status == 304:
+    caching = cache_policy(result.headers)
+    fresh_for = min(caching.fresh_for or timedelta(0), longest)  # the server's freshness: no poll before it
+    if caching.no_store:
+        result = without_validators(result)
+    # the same bytes as last time are not modified, whatever the validators said (the hash decides)
+    digest = None if result.status == 304 else hashlib.sha256(result.content).hexdigest()
+    if digest is None or digest == feed.body_sha256:
         kept = timedelta(seconds=feed.poll_interval_seconds) if feed.poll_interval_seconds is not None else shortest
         store.record_feed_poll(conn, run_id, feed.id, status="not_modified", result=result, items=0,
-                               items_in_window=0, error=None, next_poll_in=max(shortest, min(longest, kept)))
+                               items_in_window=0, error=None,
+                               next_poll_in=max(shortest, min(longest, kept), fresh_for))
         return
     parsed = parse_feed(result.body, result.headers, result.final_url)
     items_in_window = sum(in_window(entry, window_start, until) for entry in parsed.entries)
@@ -192,20 +207,35 @@ def _poll_feed(conn: Connection, client: HttpClient, settings: Settings, feed: s
     status, error = ("malformed", parsed.bozo_reason) if parsed.bozo else ("ok", None)
     interval = adapted_interval((entry.published_at for entry in parsed.entries), shortest, longest)
     store.record_feed_poll(conn, run_id, feed.id, status=status, result=result, items=len(parsed.entries),
-                           items_in_window=items_in_window, error=error, next_poll_in=interval,
+                           items_in_window=items_in_window, error=error, next_poll_in=max(interval, fresh_for),
                            poll_interval=interval)
+    store.record_feed_body(conn, feed.id, digest)
     counts["entries_seen"] += len(parsed.entries)
     counts["entries_new"] += store.upsert_entries(conn, feed.id, run_id, parsed.entries)
     if status != "ok":
         LOGGER.warning("feed %s: %s: %s", feed.url, status, error)
 
 
+class _InTurn:
+    """Our client, each fetch in its host's turn (sitemaps are read as feeds are: without robots.txt)."""
+
+    def __init__(self, client: HttpClient, polite: Politeness) -> None:
+        self._client, self._polite = client, polite
+
+    def get(self, url: str, **options: Any) -> FetchResult:
+        return self._polite.fetch(url, lambda: self._client.get(url, **options), page=False)
+
+
 def _poll_sitemap(conn: Connection, client: HttpClient, settings: Settings, feed: store.FeedRow, run_id: int,
-                  window_start: datetime, until: datetime, counts: dict[str, float]) -> None:
+                  window_start: datetime, until: datetime, counts: dict[str, float], polite: Politeness) -> None:
     """Read a news sitemap (or index) for the items dated in the window, record the poll and its documents
     (archived), and queue the items; an unusable child sitemap is recorded and the others still count."""
+    read = read_sitemaps(_InTurn(client, polite), feed.url, window_start, until,
+                         max_documents=settings.sitemap_max_documents)
+    if deferred(read.fetches[0]):  # its host asked for a longer wait than a run gives: the source stays due
+        LOGGER.info("sitemap %s: not read: %s", feed.url, read.fetches[0].error)
+        return
     counts["feeds_polled"] += 1
-    read = read_sitemaps(client, feed.url, window_start, until, max_documents=settings.sitemap_max_documents)
     top, top_document = read.fetches[0], read.documents[0]
     archive.store_sitemap_documents(conn, run_id, feed.id, [
         (fetched, document.urls, document.error)
@@ -233,6 +263,9 @@ def _record_failed_poll(conn: Connection, settings: Settings, feed: store.FeedRo
     """Record a failed poll, back off, and disable the feed when it is gone or has failed too often."""
     counts["feeds_failed"] += 1
     wait = backoff_delay(feed.consecutive_failures + 1, settings.feed_backoff, settings.feed_backoff_max)
+    asked = retry_after(result.headers) if result.status in (429, 503) else None
+    if asked:  # the server said when to come back: not before, within the longest backoff
+        wait = max(wait, min(asked, settings.feed_backoff_max))
     failures = store.record_feed_poll(conn, run_id, feed.id, status="failed", result=result, items=0,
                                       items_in_window=0, error=error, next_poll_in=wait)
     LOGGER.warning("feed %s: failed (%d in a row): %s", feed.url, failures, error)
@@ -248,8 +281,9 @@ class _PageFetcher:
     so extraction can start at once."""
 
     def __init__(self, engine: Engine, client: HttpClient, settings: Settings, run_id: int,
-                 progress: Progress | None, on_stored: Callable[[list[store.FetchedPage]], None] | None) -> None:
-        self._engine, self._client, self._run_id = engine, client, run_id
+                 progress: Progress | None, on_stored: Callable[[list[store.FetchedPage]], None] | None,
+                 polite: Politeness) -> None:
+        self._engine, self._client, self._run_id, self._polite = engine, client, run_id, polite
         self._progress, self._on_stored = progress, on_stored
         self._threads = ThreadPoolExecutor(max(1, settings.page_concurrency), thread_name_prefix="page")
         self._writer = ThreadPoolExecutor(1, thread_name_prefix="page-writer")
@@ -265,7 +299,8 @@ class _PageFetcher:
         self._futures += [self._threads.submit(self._fetch_one, entry) for entry in entries]
 
     def _fetch_one(self, entry: store.PendingEntry) -> None:
-        result = self._client.get(entry.url, accept=PAGE_ACCEPT, keep_gzip=True, content_types=PAGE_TYPES)
+        result = self._polite.fetch(entry.url, lambda: self._client.get(entry.url, accept=PAGE_ACCEPT, keep_gzip=True,
+                                                                        content_types=PAGE_TYPES))
         with self._lock:
             self._done.append((entry, result))
             self.fetched += result.ok

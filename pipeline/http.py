@@ -29,7 +29,8 @@ RETRYABLE_CODES = frozenset({408, 425, 429, 500, 502, 503, 504})
 ALLOWED_SCHEMES = frozenset({"http", "https"})
 CHUNK_SIZE = 64 * 1024
 GZIP_WBITS = 16 + zlib.MAX_WBITS  # zlib's setting for the gzip container
-KEPT_HEADERS = ("content-type", "etag", "last-modified", "content-location", "retry-after", "cache-control")
+KEPT_HEADERS = ("content-type", "etag", "last-modified", "content-location", "retry-after", "cache-control",
+                "expires", "date")
 
 
 # cloud metadata services, named so a refusal says what was reached for (all of them are non-public anyway)
@@ -176,7 +177,7 @@ class HttpClient:
             # checked where the socket is opened, on every connection, so on every redirect hop too
             policy = address_policy or _policy(parse_networks(settings.allowed_networks))
             self._pool.pool_classes_by_scheme = _vetting_pool_classes(policy)
-        self._base_headers = {"User-Agent": settings.user_agent, "Accept-Encoding": "gzip, deflate"}
+        self._base_headers = {"User-Agent": settings.identity, "Accept-Encoding": "gzip, deflate"}
 
     def close(self) -> None:
         self._pool.clear()

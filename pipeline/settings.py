@@ -37,9 +37,14 @@ class Settings:
         metadata=_doc("Where the embedded PostgreSQL keeps its files (git-ignored).", "NEWS_DATA_DIR"),
     )
     user_agent: str = field(
-        default="news-ingest/0.1 (+https://example.invalid/news-ingest)",
-        metadata=_doc("User-Agent sent with every request; say who you are and how to reach you.",
-                      "NEWS_USER_AGENT"),
+        default="news-ingest/0.1",
+        metadata=_doc("Product token and version sent as the User-Agent, followed by NEWS_CONTACT; its first "
+                      "word before the slash is the name looked up in robots.txt.", "NEWS_USER_AGENT"),
+    )
+    contact: str = field(
+        default="https://example.invalid/news-ingest",
+        metadata=_doc("E-mail address or URL where site operators reach whoever runs this crawler; sent in "
+                      "the User-Agent as `(+contact)`. Set it to your own.", "NEWS_CONTACT"),
     )
     connect_timeout: float = field(
         default=10.0, metadata=_doc("Seconds to wait for a TCP connection.", "NEWS_CONNECT_TIMEOUT")
@@ -75,6 +80,36 @@ class Settings:
     )
     page_concurrency: int = field(
         default=4, metadata=_doc("Pages fetched at once within one feed batch.", "NEWS_PAGE_CONCURRENCY")
+    )
+    host_concurrency: int = field(
+        default=2,
+        metadata=_doc("Requests in flight to one host at once from one fetching process.", "NEWS_HOST_CONCURRENCY"),
+    )
+    host_delay: float = field(
+        default=1.0,
+        metadata=_doc("Seconds between the starts of two requests to one host, kept across all fetching processes "
+                      "through the database (0: no delay and no database round trip).", "NEWS_HOST_DELAY"),
+    )
+    host_max_wait: float = field(
+        default=30.0,
+        metadata=_doc("Longest a fetch waits for its turn at a host (after a 429 or 503 with Retry-After, or "
+                      "behind a long queue); a page that would wait longer is left to a later run.",
+                      "NEWS_HOST_MAX_WAIT"),
+    )
+    respect_robots: bool = field(
+        default=True,
+        metadata=_doc("Fetch pages only where the site's robots.txt allows it, and honour its Crawl-delay "
+                      "(false: only for sites you run yourself).", "NEWS_RESPECT_ROBOTS"),
+    )
+    robots_max_age: timedelta = field(
+        default=timedelta(hours=24),
+        metadata=_doc("Hours a fetched robots.txt is kept in the database and reused by every process.",
+                      "NEWS_ROBOTS_MAX_AGE_HOURS"),
+    )
+    crawl_delay_max: float = field(
+        default=10.0,
+        metadata=_doc("Largest robots.txt Crawl-delay honoured, in seconds; a larger one is cut to this.",
+                      "NEWS_CRAWL_DELAY_MAX"),
     )
     feed_batch_size: int = field(
         default=10, metadata=_doc("Feeds handled by one mapped Airflow task.", "NEWS_FEED_BATCH_SIZE")
@@ -288,6 +323,18 @@ class Settings:
     def with_overrides(self, **changes: object) -> Settings:
         return replace(self, **changes)  # type: ignore[arg-type]
 
+    @property
+    def identity(self) -> str:
+        """The User-Agent header: the product token with the contact, unless the token already names it."""
+        if not self.contact or self.contact in self.user_agent:
+            return self.user_agent
+        return f"{self.user_agent} (+{self.contact})"
+
+    @property
+    def robots_token(self) -> str:
+        """The name robots.txt groups are matched against: the User-Agent's product name (`news-ingest`)."""
+        return self.user_agent.split(None, 1)[0].split("/", 1)[0] if self.user_agent.strip() else "*"
+
 
 ZERO_ALLOWED = frozenset({"task_retries", "archive_retention_days"})  # integer settings where 0 means "none"
 _BOOL_WORDS = {"1": True, "true": True, "yes": True, "on": True, "0": False, "false": False, "no": False,
@@ -311,6 +358,10 @@ def _parse(name: str, env: str, raw: str) -> object:
             if name.startswith("qc_"):  # shares: 0 and 1 switch a threshold off
                 if not 0 <= value <= 1:
                     raise ValueError("must be a share between 0 and 1")
+                return value
+            if name == "host_delay":  # 0 switches the delay off
+                if value < 0:
+                    raise ValueError("must not be negative")
                 return value
             if value <= 0:
                 raise ValueError("must be positive")

@@ -18,12 +18,12 @@ from collections import deque
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from typing import Protocol
 from urllib.parse import urlsplit
 
 from lxml import etree
 from trafilatura.sitemaps import extract_robots_sitemaps
 
-from pipeline.http import HttpClient
 from pipeline.models import FeedEntry, FetchResult
 
 LOGGER = logging.getLogger(__name__)
@@ -49,6 +49,12 @@ ENTITY_REFUSAL = "refused: the document declares XML entities (entity expansion 
 W3C_PARTIAL_DATE_RE = re.compile(r"(\d{4})(?:-(\d{2}))?")
 ITEM_NAMES = {"urlset": "url", "sitemapindex": "sitemap"}
 SAFE_PARSER = dict(resolve_entities=False, no_network=True, load_dtd=False, huge_tree=False)
+
+
+class Fetcher(Protocol):
+    """What reads sitemaps: our HttpClient, or one that makes its fetches wait for their host's turn."""
+
+    def get(self, url: str, *, accept: str) -> FetchResult: ...
 
 
 @dataclass(frozen=True)
@@ -132,7 +138,7 @@ def sitemaps_from_robots(body: bytes, base_url: str = "") -> list[str]:
 
 
 def read_sitemaps(
-    client: HttpClient,
+    client: Fetcher,
     url: str,
     since: datetime,
     until: datetime,

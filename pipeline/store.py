@@ -44,6 +44,7 @@ class FeedRow:
     poll_interval_seconds: int | None = None
     due: bool = True  # whether its next poll time has come, by the database's clock
     kind: str = "feed"  # or "sitemap": a news sitemap (or index) read for the interval's items
+    body_sha256: str | None = None  # of the last body parsed: the same bytes again are not parsed again
 
     @property
     def health(self) -> str:
@@ -138,7 +139,7 @@ def list_feeds(conn: Connection, *, enabled_only: bool = False, ids: Sequence[in
     rows = conn.execute(text(
         "SELECT f.id, f.url, s.name AS source, f.title, f.enabled, f.etag, f.last_modified, f.last_status, "
         "       f.last_http_status, f.last_error, f.last_polled_at, f.disabled_reason, f.consecutive_failures, "
-        "       f.next_poll_at, f.poll_interval_seconds, f.kind, "
+        "       f.next_poll_at, f.poll_interval_seconds, f.kind, f.body_sha256, "
         # a minute of slack: a run starting a little before the hour still polls a feed due on the hour
         "       (f.next_poll_at IS NULL OR f.next_poll_at <= now() + interval '1 minute') AS due "
         f"FROM feeds f JOIN sources s ON s.id = f.source_id {where} ORDER BY f.id"
@@ -225,6 +226,13 @@ def record_feed_poll(
         "  poll_interval_seconds = COALESCE(CAST(:interval_seconds AS integer), poll_interval_seconds) "
         "WHERE id = :feed_id RETURNING consecutive_failures"
     ), params).scalar_one()
+
+
+def record_feed_body(conn: Connection, feed_id: int, body_sha256: str) -> None:
+    """Keep the hash of the feed body just parsed, so that a later poll answered with the same bytes is taken
+    as not modified even when the server's validators say otherwise."""
+    conn.execute(text("UPDATE feeds SET body_sha256 = :digest WHERE id = :feed_id"),
+                 {"digest": body_sha256, "feed_id": feed_id})
 
 
 def entry_key(entry: FeedEntry) -> str:

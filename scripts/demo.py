@@ -37,6 +37,9 @@ def airflow_env(settings: Settings, database_url: str) -> dict[str, str]:
         "NEWS_DATABASE_URL": database_url,
         "NEWS_DATA_DIR": str(settings.data_dir),
         "NEWS_ALLOW_PRIVATE_ADDRESSES": "true",
+        # the demo site is one loopback host: no delay between its requests, as many at once as page threads
+        "NEWS_HOST_DELAY": "0",
+        "NEWS_HOST_CONCURRENCY": str(settings.page_concurrency),
         # a demo should fail fast with its reason rather than sit out Airflow's retry delays
         "NEWS_TASK_RETRIES": os.environ.get("NEWS_TASK_RETRIES", "0"),
     }
@@ -62,6 +65,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     settings = Settings.from_env(allow_private_addresses=True)
+    # the demo site is one loopback host: no delay between its requests, as many at once as page threads
+    settings = settings.with_overrides(host_delay=0.0, host_concurrency=settings.page_concurrency)
     print("1/4 starting PostgreSQL and migrating ...", flush=True)
     engine = db.connect(settings)
     database_url = engine.url.render_as_string(hide_password=False)

@@ -96,9 +96,12 @@ def engine(database_url: str) -> Engine:
 def settings(database_url: str, tmp_path: Path) -> Settings:
     """Settings for tests: this test's database, loopback allowed, one worker, short timeouts, and every feed
     polled by every run (no backoff, no adapted interval; the feed health tests set their own)."""
+    # every test site is one loopback host: no delay between its requests and as many at once as page threads
+    # (the politeness tests set their own), so the suite stays fast; real use keeps the polite defaults
     return Settings(database_url=database_url, data_dir=tmp_path / "data", allow_private_addresses=True,
                     workers=1, connect_timeout=5, read_timeout=5, total_timeout=20, feed_backoff=timedelta(0),
-                    feed_min_interval=timedelta(0), feed_max_interval=timedelta(0))
+                    feed_min_interval=timedelta(0), feed_max_interval=timedelta(0), host_delay=0.0,
+                    host_concurrency=Settings.page_concurrency)
 
 
 @pytest.fixture(scope="session")
@@ -133,5 +136,8 @@ def airflow_env(database_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPat
     monkeypatch.setenv("NEWS_TASK_RETRIES", "0")
     for name in ("NEWS_FEED_BACKOFF_SECONDS", "NEWS_FEED_MIN_INTERVAL_SECONDS", "NEWS_FEED_MAX_INTERVAL_SECONDS"):
         monkeypatch.setenv(name, "0")  # every run polls every feed, as with the settings fixture
+    # the demo site is one loopback host: no delay between its requests, as many at once as page threads
+    monkeypatch.setenv("NEWS_HOST_DELAY", "0")
+    monkeypatch.setenv("NEWS_HOST_CONCURRENCY", str(Settings.page_concurrency))
     clear_secrets_backends_cache()  # else `news_db` may still be an earlier test's (dropped) database
     return connections

@@ -104,7 +104,8 @@ def routes(base_url: str, private_url: str, published: str) -> dict[str, Route]:
         "/pages/404": respond(404, b"<p>not here</p>"),
         "/pages/410": respond(410, b"<p>gone</p>"),
         "/pages/500": respond(500, b"<p>oops</p>"),
-        "/pages/429": respond(429, b"<p>slow down</p>", headers={"Retry-After": "120"}),
+        # a short wait: the host is paused for it, so the pages after it wait instead of being left to a later run
+        "/pages/429": respond(429, b"<p>slow down</p>", headers={"Retry-After": "1"}),
         "/feeds/pages.xml": respond(200, _rss([(f"{base_url}{path}", published) for path in pages]),
                                     content_type=RSS_TYPE),
         "/feeds/good.xml": respond(200, _rss([(f"{base_url}/pages/good-3", published)], "Good"),

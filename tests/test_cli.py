@@ -33,6 +33,9 @@ def cli_env(monkeypatch: pytest.MonkeyPatch, database_url: str) -> None:
     monkeypatch.setenv("NEWS_DATABASE_URL", database_url)
     monkeypatch.setenv("NEWS_ALLOW_PRIVATE_ADDRESSES", "true")
     monkeypatch.setenv("NEWS_WORKERS", "1")
+    # the demo site is one loopback host: no delay between its requests, as many at once as page threads
+    monkeypatch.setenv("NEWS_HOST_DELAY", "0")
+    monkeypatch.setenv("NEWS_HOST_CONCURRENCY", "4")
 
 
 def test_feeds_import_list_run_and_summary(cli_env: None, demo_base_url: str, tmp_path: Path,

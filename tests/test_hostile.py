@@ -83,7 +83,9 @@ def _run_cli(database_url: str, data_dir: Path, run_key: str) -> tuple[int, floa
     wall seconds and stderr."""
     env = {**os.environ, "NEWS_DATABASE_URL": database_url, "NEWS_DATA_DIR": str(data_dir),
            "NEWS_ALLOW_PRIVATE_ADDRESSES": "false", "NEWS_ALLOWED_NETWORKS": "127.0.0.2/32", "NEWS_WORKERS": "1",
-           "NEWS_CONNECT_TIMEOUT": "1", "NEWS_READ_TIMEOUT": "1", "NEWS_TOTAL_TIMEOUT": "2"}
+           "NEWS_CONNECT_TIMEOUT": "1", "NEWS_READ_TIMEOUT": "1", "NEWS_TOTAL_TIMEOUT": "2",
+           # one loopback host serves every case: no delay between requests, as many at once as page threads
+           "NEWS_HOST_DELAY": "0", "NEWS_HOST_CONCURRENCY": "4"}
     env.pop("NEWS_MAX_BYTES", None)
     started = time.monotonic()
     with open(data_dir / "stderr.txt", "w+b") as stderr:

@@ -83,9 +83,9 @@ def client(**overrides: object) -> HttpClient:
 
 
 def test_get_returns_body_and_identifies_itself(server) -> None:
-    result = client(user_agent="news-ingest-test/1").get(f"{server.base_url}/ok")
+    result = client(user_agent="news-ingest-test/1", contact="desk@news.example").get(f"{server.base_url}/ok")
     assert result.ok and result.status == 200 and result.body == PAGE
-    assert server.headers_seen[0]["User-Agent"] == "news-ingest-test/1"
+    assert server.headers_seen[0]["User-Agent"] == "news-ingest-test/1 (+desk@news.example)"
 
 
 def test_redirects_are_followed_and_final_url_recorded(server) -> None:
