@@ -59,6 +59,9 @@ def cli_env(monkeypatch: pytest.MonkeyPatch, database_url: str) -> None:
     monkeypatch.setenv("NEWS_DATABASE_URL", database_url)
     monkeypatch.setenv("NEWS_ALLOW_PRIVATE_ADDRESSES", "true")
     monkeypatch.setenv("NEWS_WORKERS", "1")
+    # the demo site is one loopback host: no spacing between its requests (politeness is tested on its own)
+    monkeypatch.setenv("NEWS_HOST_DELAY", "0")
+    monkeypatch.setenv("NEWS_HOST_CONCURRENCY", "4")
     for name in ("NEWS_FEED_BACKOFF_SECONDS", "NEWS_FEED_MIN_INTERVAL_SECONDS", "NEWS_FEED_MAX_INTERVAL_SECONDS"):
         monkeypatch.setenv(name, "0")  # every run polls every feed
 
