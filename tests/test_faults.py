@@ -314,7 +314,7 @@ def test_postgres_restarted_mid_run_tasks_retry_and_the_run_stores_what_a_clean_
     assert natural_contents(faulted) == expected
 
 
-def test_the_cli_says_in_one_line_that_the_database_went_away_during_a_run(
+def test_the_cli_reports_a_lost_database_in_one_line_and_the_same_command_then_completes_the_run(
     own_server: RestartableServer, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     from pipeline.cli import main
@@ -335,16 +335,27 @@ def test_the_cli_says_in_one_line_that_the_database_went_away_during_a_run(
         monkeypatch.setenv("NEWS_DATABASE_URL", url)
         monkeypatch.setenv("NEWS_ALLOW_PRIVATE_ADDRESSES", "true")
         monkeypatch.setenv("NEWS_WORKERS", "1")
+        for name in ("NEWS_FEED_BACKOFF_SECONDS", "NEWS_FEED_MIN_INTERVAL_SECONDS", "NEWS_FEED_MAX_INTERVAL_SECONDS"):
+            monkeypatch.setenv(name, "0")
+        command = ["run", "--since", WEEK["since"], "--until", WEEK["until"]]
         site.on_page = stop_for_good
         try:
-            code = main(["run", "--since", WEEK["since"], "--until", WEEK["until"]])
+            code = main(command)
         finally:
             own_server.start()
+        err = capsys.readouterr().err
+        site.on_page = lambda path: None
+        again = main(command)
 
-    err = capsys.readouterr().err
     assert code == 1 and pages_served >= OUTAGE_AT_PAGE
     assert "Traceback" not in err and len(err.strip().splitlines()) == 1, err
     assert err.startswith("error: lost the connection to the news database") and "run it again" in err, err
+    # as it says, the same command completes the run
+    assert again == 0
+    with db.engine_for(url).connect() as conn:
+        assert conn.execute(text("SELECT status FROM ingest_runs")).scalar_one() == "success"
+    assert repeated_keys(db.engine_for(url)) == {}
+    assert len(natural_contents(db.engine_for(url))["articles"]) == site.expected["counts"]["articles_served"]
 
 
 # --- a load transaction cut off in the middle of a batch -------------------------------------------------------
