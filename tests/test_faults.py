@@ -1,5 +1,5 @@
-"""Faults on the real components: the news database restarted in the middle of an Airflow run, and load
-transactions cut off in the middle of a batch."""
+"""Faults on the real components: the news database restarted in the middle of an Airflow run (tasks retry),
+a fault no retry cures (the run fails once it is recorded), and load transactions cut off mid-batch."""
 
 from __future__ import annotations
 
@@ -312,6 +312,31 @@ def test_postgres_restarted_mid_run_tasks_retry_and_the_run_stores_what_a_clean_
     expected = natural_contents(clean)
     assert len(expected["articles"]) == site.expected["counts"]["articles_served"]
     assert natural_contents(faulted) == expected
+
+
+def test_a_batch_that_fails_on_every_try_fails_the_run_once_finish_has_recorded_it_without_a_retry(
+    airflow_db: Path, airflow_env: Path, engine: Engine, demo_base_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from airflow.utils.state import DagRunState
+
+    with engine.begin() as conn:
+        demosite.register_feeds(conn, demosite.load_site(), demo_base_url, include_broken=True)
+        # a fault that no retry cures: recording any feed poll fails
+        conn.execute(text(
+            "CREATE FUNCTION refuse_polls() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN "
+            "  RAISE EXCEPTION 'injected fault'; END $$; "
+            "CREATE TRIGGER refuse_polls BEFORE INSERT ON feed_fetches FOR EACH ROW EXECUTE FUNCTION refuse_polls()"))
+    _airflow_settings(monkeypatch, retries=1)
+    run = _parsed_dag().test(logical_date=datetime(2026, 11, 9, 12, tzinfo=UTC), run_conf=WEEK,
+                             conn_file_path=str(airflow_env))
+
+    tries = _tries(run)
+    assert run.state == DagRunState.FAILED
+    assert tries["fetch[0]"] == ["failed", "failed"], tries  # retried once, as configured
+    assert tries["finish[-1]"] == ["failed"], tries  # a failed batch is not an outage: no retry
+    with engine.connect() as conn:
+        status, error = conn.execute(text("SELECT status, error FROM ingest_runs")).one()
+    assert status == "failed" and error == "1 of 2 batch tasks failed; see their logs"
 
 
 def test_the_cli_reports_a_lost_database_in_one_line_and_the_same_command_then_completes_the_run(
