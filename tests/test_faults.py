@@ -90,9 +90,13 @@ class RestartableServer:
         for thread in self._starts:
             thread.join()
 
+    def is_running(self) -> bool:
+        return (self.pgdata / "postmaster.pid").exists()
+
     def close(self) -> None:
         self.wait_until_up()
-        self.stop()
+        if self.is_running():
+            self.stop()
         self._server.cleanup()  # the server it knows of is stopped: it only deletes the data directory
 
 
@@ -367,7 +371,8 @@ def test_the_cli_reports_a_lost_database_in_one_line_and_the_same_command_then_c
         try:
             code = main(command)
         finally:
-            own_server.start()
+            if not own_server.is_running():
+                own_server.start()
         err = capsys.readouterr().err
         site.on_page = lambda path: None
         again = main(command)
