@@ -144,9 +144,11 @@ def news_ingest() -> None:
                                   mode=run.get("mode", "live"), since=datetime.fromisoformat(run["since"]),
                                   until=datetime.fromisoformat(run["until"]))
 
-    @task(trigger_rule="all_done", retries=0)
+    @task(trigger_rule="all_done")
     def finish(run: dict[str, Any], batches: list[list[int]], fetched: list[dict[str, float]],
                processed: list[dict[str, float]]) -> dict[str, float]:
+        from airflow.sdk.exceptions import AirflowFailException
+
         from pipeline import flow
 
         fetched, processed = list(fetched), list(processed)
@@ -154,7 +156,8 @@ def news_ingest() -> None:
         error = f"{missing} of {2 * len(batches)} batch tasks failed; see their logs" if missing else None
         totals = flow.end_run(_engine(), run["ingest_run_id"], fetched + processed, error=error)
         if error:
-            raise RuntimeError(error)
+            # the failed batches will not run again: no retry; an outage while recording the run does retry
+            raise AirflowFailException(error)
         return totals
 
     @task

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 from sqlalchemy import Engine, text
+from sqlalchemy.exc import InterfaceError, OperationalError
 
 from pipeline import db, flow, store
 from pipeline.settings import Settings, SettingsError, describe
@@ -176,6 +177,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _dispatch(args, settings)
     except (CliError, SettingsError, db.DatabaseError) as exc:
         print(f"error: {exc}", file=sys.stderr)
+        return 1
+    except (OperationalError, InterfaceError) as exc:  # the server went away (restart, crash) mid-command
+        reason = str(exc.orig).strip().splitlines()[0] if exc.orig else type(exc).__name__
+        print(f"error: lost the connection to the news database ({reason}); the work committed so far is kept, "
+              "run it again once the database is back", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
