@@ -494,9 +494,12 @@ def sum_counts(parts: Iterable[dict[str, float]]) -> dict[str, float]:
 
 def end_run(engine: Engine, run_id: int, parts: Iterable[dict[str, float]], error: str | None = None
             ) -> dict[str, float]:
-    """Write the run's totals and status; returns the totals."""
+    """Write the run's totals and status; returns the totals. What rows record (polls, new items, pages,
+    failures, duplicates, articles loaded and tagged) is counted from the rows the run wrote, so work that a
+    failed try committed before a retry counts too; timings and replay counts are the tasks' sums."""
     totals = sum_counts(parts)
     with engine.begin() as conn:
+        totals.update(store.rows_of_run(conn, run_id))
         store.finish_run(conn, run_id, totals, "failed" if error else "success", error)
     LOGGER.info("finish: run %s %s: %s", run_id, "failed" if error else "success",
                 ", ".join(f"{name} {totals.get(name, 0):g}" for name in (*store.RUN_COUNTERS, *store.RUN_TIMERS)))

@@ -155,7 +155,8 @@ def start_run(conn: Connection, run_key: str, trigger: str, since: datetime, unt
         "INSERT INTO ingest_runs (run_key, trigger, interval_start, interval_end, mode, run_type, extractor_version, "
         "  taxonomy_version) "
         "VALUES (:run_key, :trigger, :since, :until, :mode, :run_type, :extractor_version, :taxonomy_version) "
-        "ON CONFLICT (run_key) DO UPDATE SET status = 'running', interval_start = excluded.interval_start, "
+        "ON CONFLICT (run_key) DO UPDATE SET status = 'running', started_at = now(), "
+        "  interval_start = excluded.interval_start, "
         "  interval_end = excluded.interval_end, finished_at = NULL, error = NULL, mode = excluded.mode, "
         "  run_type = excluded.run_type, extractor_version = excluded.extractor_version, "
         "  taxonomy_version = excluded.taxonomy_version "
@@ -165,8 +166,39 @@ def start_run(conn: Connection, run_key: str, trigger: str, since: datetime, unt
     return int(row.id)
 
 
+def rows_of_run(conn: Connection, run_id: int) -> dict[str, int]:
+    """The run's counts as its rows say them: what every try of every task wrote since the run (re)started,
+    including tries that failed after committing part of their work (which the tasks' own counts miss). A run
+    cleared and run again counts only what it changed the second time."""
+    row = conn.execute(text(
+        "WITH run AS (SELECT id, started_at FROM ingest_runs WHERE id = :run_id) "
+        "SELECT "
+        "  (SELECT count(*) FROM feed_fetches f, run WHERE f.run_id = run.id AND f.fetched_at >= run.started_at) "
+        "    AS feeds_polled, "
+        "  (SELECT count(*) FROM feed_fetches f, run WHERE f.run_id = run.id AND f.fetched_at >= run.started_at "
+        "    AND f.status = 'failed') AS feeds_failed, "
+        "  (SELECT coalesce(sum(f.items), 0) FROM feed_fetches f, run WHERE f.run_id = run.id "
+        "    AND f.fetched_at >= run.started_at) AS entries_seen, "
+        "  (SELECT count(*) FROM feed_entries e, run WHERE e.first_run_id = run.id "
+        "    AND e.created_at >= run.started_at) AS entries_new, "
+        "  (SELECT count(*) FROM pages p, run WHERE p.run_id = run.id AND p.fetched_at >= run.started_at) "
+        "    AS pages_fetched, "
+        "  (SELECT count(*) FROM feed_entries e, run WHERE e.last_run_id = run.id AND e.updated_at >= run.started_at "
+        "    AND e.status = 'page_failed') AS pages_failed, "
+        "  (SELECT count(*) FROM feed_entries e, run WHERE e.last_run_id = run.id AND e.updated_at >= run.started_at "
+        "    AND e.status = 'extract_failed') AS extraction_failures, "
+        "  (SELECT count(*) FROM feed_entries e, run WHERE e.last_run_id = run.id AND e.updated_at >= run.started_at "
+        "    AND e.status = 'duplicate') AS duplicates, "
+        "  (SELECT count(*) FROM articles a, run WHERE a.last_run_id = run.id AND a.updated_at >= run.started_at) "
+        "    AS loaded, "
+        "  (SELECT count(*) FROM articles a, run WHERE a.last_run_id = run.id AND a.updated_at >= run.started_at "
+        "    AND EXISTS (SELECT 1 FROM article_topics AS t WHERE t.article_id = a.id)) AS tagged"
+    ), {"run_id": run_id}).one()
+    return {name: int(value) for name, value in row._mapping.items()}
+
+
 def finish_run(conn: Connection, run_id: int, counts: dict[str, float], status: str, error: str | None) -> None:
-    """Write the run's totals; counts are the sums over all its tasks, so a retried run overwrites them."""
+    """Write the run's totals (a retried or re-run run overwrites them)."""
     values = {name: int(counts.get(name, 0)) for name in RUN_COUNTERS}
     values.update({name: float(counts.get(name, 0.0)) for name in RUN_TIMERS})
     assignments = ", ".join(f"{name} = :{name}" for name in values)

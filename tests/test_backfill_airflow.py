@@ -1,5 +1,6 @@
-"""`airflow backfill create` over the demo week with a real scheduler: the runs succeed, the rows land, and
-reprocessing the completed runs changes no row."""
+"""`airflow backfill create` over the demo week with a real scheduler: the runs succeed, the rows land,
+reprocessing the completed runs changes no row, and a replay backfill after a rule change (mode param in the
+run conf) rewrites topic rows only."""
 
 from __future__ import annotations
 
@@ -16,8 +17,10 @@ from sqlalchemy import Engine, text
 from sqlalchemy.engine import make_url
 
 from pipeline import demosite
+from pipeline.topics import DEFAULT_TAXONOMY
 from tests.airflow_cluster import airflow_cluster
 from tests.test_flow import snapshot
+from tests.test_retag import edited_taxonomy
 
 DAG_ID = "news_ingest"
 # daily runs: logical dates 2026-11-03, -04 and -05, each covering its own day of the demo week
@@ -45,7 +48,7 @@ def metadata_dsn(pg_admin_url: str) -> Iterator[str]:
     _admin(pg_admin_url, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
-def _news_env(database_url: str, data_dir: Path) -> dict[str, str]:
+def _news_env(database_url: str, data_dir: Path, taxonomy: Path) -> dict[str, str]:
     """What the cluster's processes need on top of Airflow's own settings: this test's news database, the demo
     site reachable, daily runs, and no retries, backoff or held-back polls."""
     return {
@@ -55,6 +58,10 @@ def _news_env(database_url: str, data_dir: Path) -> dict[str, str]:
         "NEWS_SCHEDULE": "@daily",
         "NEWS_LOOKBACK_HOURS": str(LOOKBACK.total_seconds() / 3600),
         "NEWS_TASK_RETRIES": "0",  # a failing task fails its run at once, with its reason in the log
+        "NEWS_TAXONOMY": str(taxonomy),  # a copy of the packaged one, edited before the replay
+        # the demo site is one loopback host: no spacing between its requests (politeness is tested on its own)
+        "NEWS_HOST_DELAY": "0",
+        "NEWS_HOST_CONCURRENCY": "4",
         # every run polls every feed (no backoff, no adapted interval), as with the settings fixture
         "NEWS_FEED_BACKOFF_SECONDS": "0",
         "NEWS_FEED_MIN_INTERVAL_SECONDS": "0",
@@ -89,8 +96,10 @@ def test_backfill_create_runs_on_the_scheduler_and_reprocessing_completed_runs_c
 ) -> None:
     with engine.begin() as conn:
         demosite.register_feeds(conn, demosite.load_site(), demo_base_url)
+    taxonomy = tmp_path / "taxonomy.yaml"
+    taxonomy.write_text(DEFAULT_TAXONOMY.read_text(encoding="utf-8"), encoding="utf-8")
     with airflow_cluster(tmp_path / "airflow", metadata_dsn, DAG_ID,
-                         _news_env(database_url, tmp_path / "data")) as cluster:
+                         _news_env(database_url, tmp_path / "data", taxonomy)) as cluster:
         cluster.unpause(DAG_ID)  # backfill runs stay queued while the DAG is paused
 
         started = time.monotonic()
@@ -124,8 +133,25 @@ def test_backfill_create_runs_on_the_scheduler_and_reprocessing_completed_runs_c
         assert [(row.run_key, row.status, row.loaded) for row in _ingest_runs(engine)] == [
             (row.run_key, "success", 0) for row in ingest_runs]
         assert _table_rows(engine) == before
-        print(f"\nbackfill of {RUNS} runs: {first_seconds:.1f} s; reprocessing them: {second_seconds:.1f} s "
-              "(including the wait for Airflow to close the first backfill)")
+
+        # the rules change: replay the same dates from the archive, the mode chosen by the run conf
+        taxonomy.write_text(edited_taxonomy(tmp_path).read_text(encoding="utf-8"), encoding="utf-8")
+        started = time.monotonic()
+        third_id = cluster.backfill(DAG_ID, FROM_DATE, TO_DATE, reprocess_behavior="completed",
+                                    conf={"mode": "replay"})
+        replayed = cluster.wait_for_runs(DAG_ID, RUNS, timeout=300, backfill_id=third_id)
+        third_seconds = time.monotonic() - started
+        assert [(r.run_id, r.state) for r in replayed] == [(r.run_id, "success") for r in runs]
+        with engine.connect() as conn:
+            modes = conn.execute(text("SELECT mode, run_type, status, feeds_polled, replayed, loaded "
+                                      "FROM ingest_runs ORDER BY interval_start")).all()
+        assert [(m.mode, m.run_type, m.status, m.feeds_polled, m.loaded) for m in modes] == [
+            ("replay", "backfill", "success", 0, 0)] * RUNS
+        assert sum(m.replayed for m in modes) >= len(expected)
+        after = _table_rows(engine)
+        assert [table for table in before if before[table] != after[table]] == ["article_topics", "topics"]
+        print(f"\nbackfill of {RUNS} runs: {first_seconds:.1f} s; reprocessing them: {second_seconds:.1f} s; "
+              f"replaying them: {third_seconds:.1f} s (each after the wait for Airflow to close the one before)")
 
 
 def _ingest_runs(engine: Engine) -> list[Any]:
