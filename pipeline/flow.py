@@ -335,7 +335,8 @@ class _PageFetcher:
             for entry, result in chunk:
                 if not result.ok:
                     store.mark_entry_failed(conn, entry.id, self._run_id, "page_failed",
-                                            result.error or "fetch failed", retryable=result.retryable)
+                                            result.error or "fetch failed", retryable=result.retryable,
+                                            attempted=not deferred(result))
         if self._progress:
             self._progress(len(chunk))
         if self._on_stored:

@@ -351,16 +351,19 @@ def store_pages(conn: Connection, run_id: int, fetched: Sequence[tuple[int, Fetc
 
 
 def mark_entry_failed(
-    conn: Connection, entry_id: int, run_id: int, status: str, error: str, *, retryable: bool = False
+    conn: Connection, entry_id: int, run_id: int, status: str, error: str, *, retryable: bool = False,
+    attempted: bool = True,
 ) -> None:
-    """Record why an entry did not become an article; `retryable` ones are fetched again by later runs."""
+    """Record why an entry did not become an article; `retryable` ones are fetched again by later runs. A page
+    not `attempted` (its host asked us to wait) does not use up one of the entry's attempts."""
     conn.execute(text(
         "UPDATE feed_entries SET status = :status, error = :error, retryable = :retryable, "
-        "  attempts = attempts + CASE WHEN :status = 'page_failed' THEN 1 ELSE 0 END, "
+        "  attempts = attempts + CASE WHEN :status = 'page_failed' AND :attempted THEN 1 ELSE 0 END, "
         "  last_run_id = :run_id, updated_at = now() WHERE id = :entry_id "
         # a replay that fails the same way again changes nothing; a failed fetch always counts an attempt
         "  AND (:status = 'page_failed' OR (status, error, retryable) IS DISTINCT FROM (:status, :error, :retryable))"
-    ), {"entry_id": entry_id, "run_id": run_id, "status": status, "error": error[:2000], "retryable": retryable})
+    ), {"entry_id": entry_id, "run_id": run_id, "status": status, "error": error[:2000], "retryable": retryable,
+        "attempted": attempted})
 
 
 def fetched_entry_ids(conn: Connection, feed_ids: Sequence[int]) -> list[int]:

@@ -33,6 +33,25 @@ AEB_DIR = SHARED_DIR / "corpora" / "aeb"
 TEMPLATE_DB = "news_test_template"
 
 
+# What runs against the demo site (or any test server) need in the environment, as the settings fixture has
+# it: loopback allowed; every run polls every feed (no backoff, no adapted interval); and, the site being one
+# loopback host, no spacing between its requests and as many at once as page threads (politeness is tested
+# on its own)
+LOOPBACK_ENV = {
+    "NEWS_ALLOW_PRIVATE_ADDRESSES": "true",
+    "NEWS_FEED_BACKOFF_SECONDS": "0",
+    "NEWS_FEED_MIN_INTERVAL_SECONDS": "0",
+    "NEWS_FEED_MAX_INTERVAL_SECONDS": "0",
+    "NEWS_HOST_DELAY": "0",
+    "NEWS_HOST_CONCURRENCY": str(Settings.page_concurrency),
+}
+
+
+def set_loopback_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name, value in LOOPBACK_ENV.items():
+        monkeypatch.setenv(name, value)
+
+
 def require_shared(path: Path) -> Path:
     """Skip the calling test with a clear message when ../shared (the seed article, corpora) is absent."""
     if not path.exists():
@@ -132,12 +151,7 @@ def airflow_env(database_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPat
     url = make_url(database_url).set(drivername="postgresql").render_as_string(hide_password=False)
     connections.write_text(json.dumps({"news_db": url}), encoding="utf-8")
     monkeypatch.setenv("NEWS_DATABASE_URL", "postgresql://nobody@/unreachable?host=/nonexistent")
-    monkeypatch.setenv("NEWS_ALLOW_PRIVATE_ADDRESSES", "true")
     monkeypatch.setenv("NEWS_TASK_RETRIES", "0")
-    for name in ("NEWS_FEED_BACKOFF_SECONDS", "NEWS_FEED_MIN_INTERVAL_SECONDS", "NEWS_FEED_MAX_INTERVAL_SECONDS"):
-        monkeypatch.setenv(name, "0")  # every run polls every feed, as with the settings fixture
-    # the demo site is one loopback host: no delay between its requests, as many at once as page threads
-    monkeypatch.setenv("NEWS_HOST_DELAY", "0")
-    monkeypatch.setenv("NEWS_HOST_CONCURRENCY", str(Settings.page_concurrency))
+    set_loopback_env(monkeypatch)
     clear_secrets_backends_cache()  # else `news_db` may still be an earlier test's (dropped) database
     return connections

@@ -13,6 +13,7 @@ import pytest
 from pipeline import demosite
 from pipeline.cli import main
 from pipeline.settings import PROJECT_ROOT
+from tests.conftest import set_loopback_env
 
 COMMANDS = [[], ["db"], ["db", "migrate"], ["db", "url"], ["db", "psql"], ["db", "stop"], ["feeds"],
             ["feeds", "add"], ["feeds", "import"], ["feeds", "list"], ["feeds", "enable"], ["feeds", "disable"],
@@ -31,11 +32,8 @@ def test_every_command_has_help(command: list[str], capsys: pytest.CaptureFixtur
 @pytest.fixture
 def cli_env(monkeypatch: pytest.MonkeyPatch, database_url: str) -> None:
     monkeypatch.setenv("NEWS_DATABASE_URL", database_url)
-    monkeypatch.setenv("NEWS_ALLOW_PRIVATE_ADDRESSES", "true")
     monkeypatch.setenv("NEWS_WORKERS", "1")
-    # the demo site is one loopback host: no delay between its requests, as many at once as page threads
-    monkeypatch.setenv("NEWS_HOST_DELAY", "0")
-    monkeypatch.setenv("NEWS_HOST_CONCURRENCY", "4")
+    set_loopback_env(monkeypatch)
 
 
 def test_feeds_import_list_run_and_summary(cli_env: None, demo_base_url: str, tmp_path: Path,

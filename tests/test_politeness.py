@@ -90,7 +90,7 @@ def _fetch(engine: Engine, settings: Settings, *feed_urls: str, key: str = "run"
 
 def _entries(engine: Engine, base_url: str):
     with engine.begin() as conn:
-        rows = conn.execute(text("SELECT url, status, error, retryable FROM feed_entries ORDER BY id")).all()
+        rows = conn.execute(text("SELECT url, status, error, retryable, attempts FROM feed_entries ORDER BY id")).all()
     return {row.url.removeprefix(base_url): row for row in rows}
 
 
@@ -196,6 +196,8 @@ def test_pages_whose_host_asks_for_a_longer_wait_than_allowed_are_left_to_a_late
         assert (entries[path].status, entries[path].retryable) == ("page_failed", True)
         assert entries[path].error.startswith("deferred: the next turn at 127.0.0.1 is 1")
         assert entries[path].error.endswith("more than NEWS_HOST_MAX_WAIT (5 s); left to a later run")
+        assert entries[path].attempts == 0  # never requested: no attempt used up
+    assert entries["/busy"].attempts == 1
     assert "/b" not in watch.paths() and "/c" not in watch.paths() and took < 5
 
 

@@ -14,6 +14,7 @@ from sqlalchemy import Engine, text
 from pipeline import archive, demosite, flow
 from pipeline.cli import backfill_intervals, main
 from pipeline.settings import Settings
+from tests.conftest import set_loopback_env
 from tests.test_retag import edited_taxonomy
 
 WEEK_START = datetime(2026, 11, 2, tzinfo=UTC)
@@ -57,13 +58,8 @@ def _ingest_week(engine: Engine, settings: Settings, key: str = "week") -> int:
 @pytest.fixture
 def cli_env(monkeypatch: pytest.MonkeyPatch, database_url: str) -> None:
     monkeypatch.setenv("NEWS_DATABASE_URL", database_url)
-    monkeypatch.setenv("NEWS_ALLOW_PRIVATE_ADDRESSES", "true")
     monkeypatch.setenv("NEWS_WORKERS", "1")
-    # the demo site is one loopback host: no spacing between its requests (politeness is tested on its own)
-    monkeypatch.setenv("NEWS_HOST_DELAY", "0")
-    monkeypatch.setenv("NEWS_HOST_CONCURRENCY", "4")
-    for name in ("NEWS_FEED_BACKOFF_SECONDS", "NEWS_FEED_MIN_INTERVAL_SECONDS", "NEWS_FEED_MAX_INTERVAL_SECONDS"):
-        monkeypatch.setenv(name, "0")  # every run polls every feed
+    set_loopback_env(monkeypatch)
 
 
 def test_backfill_intervals_cover_the_range_without_gaps() -> None:
