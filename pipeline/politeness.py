@@ -8,9 +8,11 @@ by the delay and returns how long to sleep until the reserved start. The row loc
 the wait is measured on the database's clock, so the processes' clocks need not agree. A start further off than
 NEWS_HOST_MAX_WAIT is not reserved: the fetch is deferred (a retryable failure, for a later run). A 429 or 503
 with Retry-After moves the host's next free moment to the end of the asked wait, for every process. With an
-effective delay of 0 no database round trip is made: only the semaphore bounds the host, and a Retry-After
-pause is honoured within the process (it is still written, so that processes spacing their requests see it).
-The semaphore bounds one process only; across processes it is the delay that spaces the requests.
+effective delay above 0, the concurrency holds across processes too: a request also holds one of the host's
+NEWS_HOST_CONCURRENCY places, a session advisory lock (host key, place) on a connection of its own, which
+PostgreSQL releases by itself if the process dies. With an effective delay of 0 no database round trip is
+made: only the semaphore bounds the host, in its process, and a Retry-After pause is honoured within the process
+(it is still written, so that processes spacing their requests see it).
 
 robots.txt is fetched with our own HttpClient (vetted addresses, size cap, timeouts) in a turn like any request,
 kept in robots_txt for NEWS_ROBOTS_MAX_AGE_HOURS so that every process reuses it, and looked up at most once per
@@ -23,6 +25,7 @@ processes is held in Postgres.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import threading
 import time
@@ -34,7 +37,7 @@ from email.utils import parsedate_to_datetime
 from urllib.parse import SplitResult, urlsplit
 
 from protego import Protego
-from sqlalchemy import Engine, text
+from sqlalchemy import Connection, Engine, text
 
 from pipeline.http import HttpClient
 from pipeline.models import FetchResult
@@ -48,6 +51,7 @@ ROBOTS_FAILURE_MAX_AGE = timedelta(minutes=10)  # an unreachable robots.txt is a
 DEFAULT_PORTS = {"http": 80, "https": 443}
 DEFERRED = "deferred:"  # how the error of a fetch not made, because its host's turn is too far off, begins
 DISALLOWED = "disallowed by robots.txt"
+PLACE_POLL = 0.05  # seconds between looks for a free place at a host whose places other processes hold
 
 
 @dataclass(frozen=True)
@@ -153,7 +157,8 @@ def _robots_outcome(result: FetchResult) -> str:
 
 
 class HostTurns:
-    """Whose turn it is at a host: a semaphore per host in this process, request starts spaced through Postgres."""
+    """Whose turn it is at a host: a semaphore per host in this process; with a delay, places held and request
+    starts spaced through Postgres for every process."""
 
     def __init__(self, engine: Engine, concurrency: int, max_wait: float) -> None:
         self._engine, self._concurrency, self._max_wait = engine, max(1, concurrency), max_wait
@@ -172,15 +177,48 @@ class HostTurns:
             if wait > self._max_wait:
                 yield self._deferral(host, wait)
                 return
-            if delay > 0:
-                reserved = self._reserve(host, delay)
-                if reserved is None or reserved > self._max_wait:
-                    yield self._deferral(host, reserved if reserved is not None else self._remaining(host))
+            if delay <= 0:
+                if wait > 0:
+                    time.sleep(wait)
+                yield None
+                return
+            with self._place(host) as (conn, waited):
+                if waited is None:
+                    yield self._deferral(host, self._max_wait)
                     return
-                wait = max(wait, reserved)
-            if wait > 0:
-                time.sleep(wait)
-            yield None
+                reserved = self._reserve(conn, host, delay)
+                if reserved is None or reserved + waited > self._max_wait:
+                    yield self._deferral(host, reserved if reserved is not None else self._remaining(conn, host))
+                    return
+                wait = max(wait - waited, reserved)
+                if wait > 0:
+                    time.sleep(wait)
+                yield None
+
+    @contextmanager
+    def _place(self, host: str) -> Iterator[tuple[Connection, float | None]]:
+        """Hold one of the host's places across every process (a session advisory lock on a connection of its
+        own, in autocommit, which the caller also reserves its start on) while the body runs; yields that
+        connection and the seconds waited for the place, or None if none came free in time."""
+        key = int.from_bytes(hashlib.blake2b(f"host:{host}".encode(), digest_size=4).digest(), "big", signed=True)
+        started = time.monotonic()
+        with self._engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+            place = None
+            while place is None:
+                for candidate in range(self._concurrency):
+                    if conn.execute(text("SELECT pg_try_advisory_lock(:key, :place)"),
+                                    {"key": key, "place": candidate}).scalar():
+                        place = candidate
+                        break
+                else:
+                    if time.monotonic() - started > self._max_wait:
+                        yield conn, None
+                        return
+                    time.sleep(PLACE_POLL)
+            try:
+                yield conn, time.monotonic() - started
+            finally:
+                conn.execute(text("SELECT pg_advisory_unlock(:key, :place)"), {"key": key, "place": place})
 
     def pause(self, host: str, wait: float) -> None:
         """Let no request start at `host` for `wait` seconds, in this process and (through host_slots) in all."""
@@ -193,26 +231,24 @@ class HostTurns:
                 "ON CONFLICT (host) DO UPDATE SET next_at = greatest(s.next_at, excluded.next_at)"
             ), {"host": host, "wait": wait})
 
-    def _reserve(self, host: str, delay: float) -> float | None:
+    def _reserve(self, conn: Connection, host: str, delay: float) -> float | None:
         """Reserve the host's next start; seconds until it, or None when that start is past the longest wait."""
-        with self._engine.begin() as conn:
-            wait = conn.execute(text(
-                "INSERT INTO host_slots AS s (host, next_at) "
-                "VALUES (:host, clock_timestamp() + make_interval(secs => CAST(:delay AS double precision))) "
-                "ON CONFLICT (host) DO UPDATE "
-                "  SET next_at = greatest(s.next_at, clock_timestamp()) "
-                "                + make_interval(secs => CAST(:delay AS double precision)) "
-                "  WHERE s.next_at <= clock_timestamp() + make_interval(secs => CAST(:max_wait AS double precision)) "
-                "RETURNING CAST(extract(epoch FROM s.next_at - clock_timestamp()) AS double precision) - :delay"
-            ), {"host": host, "delay": delay, "max_wait": self._max_wait}).scalar()
+        wait = conn.execute(text(
+            "INSERT INTO host_slots AS s (host, next_at) "
+            "VALUES (:host, clock_timestamp() + make_interval(secs => CAST(:delay AS double precision))) "
+            "ON CONFLICT (host) DO UPDATE "
+            "  SET next_at = greatest(s.next_at, clock_timestamp()) "
+            "                + make_interval(secs => CAST(:delay AS double precision)) "
+            "  WHERE s.next_at <= clock_timestamp() + make_interval(secs => CAST(:max_wait AS double precision)) "
+            "RETURNING CAST(extract(epoch FROM s.next_at - clock_timestamp()) AS double precision) - :delay"
+        ), {"host": host, "delay": delay, "max_wait": self._max_wait}).scalar()
         return None if wait is None else max(0.0, float(wait))
 
-    def _remaining(self, host: str) -> float:
-        with self._engine.begin() as conn:
-            wait = conn.execute(text(
-                "SELECT CAST(extract(epoch FROM next_at - clock_timestamp()) AS double precision) "
-                "FROM host_slots WHERE host = :host"
-            ), {"host": host}).scalar()
+    def _remaining(self, conn: Connection, host: str) -> float:
+        wait = conn.execute(text(
+            "SELECT CAST(extract(epoch FROM next_at - clock_timestamp()) AS double precision) "
+            "FROM host_slots WHERE host = :host"
+        ), {"host": host}).scalar()
         return float(wait or 0.0)
 
     def _deferral(self, host: str, wait: float) -> str:

@@ -223,6 +223,9 @@ def test_migration_0005_applies_to_a_database_that_already_holds_a_week(
         with engine.begin() as conn:
             demosite.register_feeds(conn, demosite.load_site(), demo_base_url, include_broken=True)
         flow.run_interval(engine, settings, since=WEEK_START, until=WEEK_END, run_key="before-0005")
+        with engine.begin() as conn:  # the page bytes inline, where code before 0007 kept them
+            conn.execute(text("UPDATE pages AS p SET body = b.body, body_encoding = b.encoding, sha256 = NULL "
+                              "FROM archive_blobs AS b WHERE b.sha256 = p.sha256"))
         libpq = make_url(url).set(drivername="postgresql").render_as_string(False)
         _copy_rows(make_url(database_url).set(drivername="postgresql").render_as_string(False), libpq)
         assert [m for m in db.migrate(old) if m.startswith("0005")] == ["0005_run_health_analyst"]
@@ -233,6 +236,12 @@ def test_migration_0005_applies_to_a_database_that_already_holds_a_week(
             runs = conn.execute(text("SELECT loaded, quality_status FROM run_health")).all()
         assert unsearchable == 0 and days > 5 and failing == 1
         assert [tuple(run) for run in runs] == [(52, None)]  # not checked: it ran before the gates existed
+        # pages kept inline before 0007 are replayed from there, and give the articles stored before
+        _run_id, totals = flow.run_interval(old, settings, since=WEEK_START, until=WEEK_END, run_key="replay",
+                                            mode="replay")
+        with old.connect() as conn:
+            inline = conn.execute(text("SELECT count(*) FROM pages WHERE body IS NOT NULL")).scalar_one()
+        assert inline and totals["replayed"] == inline and totals["unchanged"] == 52 and totals["loaded"] == 0
     finally:
         db.engine_for(url).dispose()
         admin.cursor().execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')

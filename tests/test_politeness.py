@@ -305,6 +305,29 @@ def test_the_delay_between_requests_to_a_host_holds_across_separate_engines(data
     assert min(watch.gaps()) >= 0.2 - TOLERANCE
 
 
+def test_the_concurrency_of_a_host_holds_across_separate_engines(database_url: str, settings: Settings) -> None:
+    watch = Watch()
+    routes = {"/robots.txt": _robots("User-agent: *\nAllow: /\n"),
+              **{f"/{name}{i}": respond(200, PAGE) for name in "ab" for i in range(3)}}
+    # each process alone would run two at once; together they may run only two
+    settings = settings.with_overrides(host_delay=0.01, host_concurrency=2, page_concurrency=2)
+    engines = [create_engine(database_url), create_engine(database_url)]  # as two mapped tasks would have
+    try:
+        with serve(watch.wrap(routes, hold=0.3)) as server:
+            for name in "ab":
+                server.routes.update(_site({}, f"/{name}.xml", [f"/{name}{i}" for i in range(3)])(server.base_url))
+            errors = run_together([lambda e=e, name=name: _fetch(e, settings, f"{server.base_url}/{name}.xml",
+                                                                  key=name)
+                                   for e, name in zip(engines, "ab", strict=True)])
+    finally:
+        for engine in engines:
+            engine.dispose()
+    assert errors == []
+    assert sorted(p for p in watch.paths() if p[1] in "ab" and p[2].isdigit()) == sorted(
+        f"/{name}{i}" for name in "ab" for i in range(3))
+    assert watch.most_in_flight == 2
+
+
 def test_a_crawl_delay_raises_the_host_delay_up_to_its_cap(engine: Engine, settings: Settings) -> None:
     watch = Watch()
     routes = watch.wrap({"/robots.txt": _robots("User-agent: *\nCrawl-delay: 5\n"),
