@@ -209,7 +209,8 @@ def _poll_feed(conn: Connection, client: HttpClient, settings: Settings, feed: s
     store.record_feed_poll(conn, run_id, feed.id, status=status, result=result, items=len(parsed.entries),
                            items_in_window=items_in_window, error=error, next_poll_in=max(interval, fresh_for),
                            poll_interval=interval)
-    store.record_feed_body(conn, feed.id, digest)
+    if status == "ok":  # a malformed feed is parsed again next time, so its health keeps saying so
+        store.record_feed_body(conn, feed.id, digest)
     counts["entries_seen"] += len(parsed.entries)
     counts["entries_new"] += store.upsert_entries(conn, feed.id, run_id, parsed.entries)
     if status != "ok":

@@ -28,9 +28,11 @@ REDIRECT_CODES = frozenset({301, 302, 303, 307, 308})
 RETRYABLE_CODES = frozenset({408, 425, 429, 500, 502, 503, 504})
 ALLOWED_SCHEMES = frozenset({"http", "https"})
 CHUNK_SIZE = 64 * 1024
+ACCEPT_ENCODING = "gzip, deflate"  # brotli is not offered: its bombs inflate furthest, and it needs a C extension
+OFFERED_CODINGS = frozenset({"", "identity", "gzip", "x-gzip", "deflate"})
 GZIP_WBITS = 16 + zlib.MAX_WBITS  # zlib's setting for the gzip container
-KEPT_HEADERS = ("content-type", "etag", "last-modified", "content-location", "retry-after", "cache-control",
-                "expires", "date")
+KEPT_HEADERS = ("content-type", "content-encoding", "content-language", "etag", "last-modified",
+                "content-location", "retry-after", "cache-control", "expires", "date")
 
 
 # cloud metadata services, named so a refusal says what was reached for (all of them are non-public anyway)
@@ -177,7 +179,7 @@ class HttpClient:
             # checked where the socket is opened, on every connection, so on every redirect hop too
             policy = address_policy or _policy(parse_networks(settings.allowed_networks))
             self._pool.pool_classes_by_scheme = _vetting_pool_classes(policy)
-        self._base_headers = {"User-Agent": settings.identity, "Accept-Encoding": "gzip, deflate"}
+        self._base_headers = {"User-Agent": settings.identity, "Accept-Encoding": ACCEPT_ENCODING}
 
     def close(self) -> None:
         self._pool.clear()
@@ -280,6 +282,14 @@ class HttpClient:
             return self._failure(url, final_url, response.status,
                                  f"unexpected content type {media_type!r} (expected {' or '.join(content_types)})",
                                  started, retryable=False, headers=kept)
+        # only what Accept-Encoding offered is decoded: a body in another coding (brotli, zstd, ...) is refused
+        # unread, so whatever it would inflate to is never held
+        codings = [part.strip().lower() for part in response.headers.get("Content-Encoding", "").split(",")]
+        unoffered = [coding for coding in codings if coding not in OFFERED_CODINGS]
+        if unoffered:
+            return self._failure(url, final_url, response.status,
+                                 f"content encoding {unoffered[0]!r} was not offered (Accept-Encoding: "
+                                 f"{ACCEPT_ENCODING}): body not read", started, retryable=False, headers=kept)
         cap = self._settings.max_bytes
         declared = response.headers.get("Content-Length", "")
         if declared.isdigit() and int(declared) > cap:

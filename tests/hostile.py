@@ -1,10 +1,12 @@
 """A hostile web on loopback: one route per way a feed or page server can hurt a crawler (slow drip, endless
-body, gzip bomb, redirect loop, redirects into private addresses, a 50 MB page, a 10,000-item feed, broken and
-mislabelled charsets, an XML entity bomb, 100,000 nested elements, binary as HTML, error statuses)."""
+body, gzip and deflate bombs, a body in a coding never offered (brotli), redirect loop, redirects into private
+addresses, a 50 MB page, a 10,000-item feed, broken and mislabelled charsets, an XML entity bomb, 100,000
+nested elements, binary as HTML, error statuses)."""
 
 from __future__ import annotations
 
 import gzip
+import zlib
 from http.server import BaseHTTPRequestHandler
 
 from tests.loopback import Route, respond, slow_drip
@@ -75,6 +77,10 @@ LAUGHS = (b'<?xml version="1.0"?><!DOCTYPE lolz [<!ENTITY lol "lol">'
             b"<link>https://laughs.example/1</link></item></channel></rss>")
 NESTED = b"<html><body>" + b"<div>" * 100_000 + b"<p>deep</p>" + b"</div>" * 100_000 + b"</body></html>"
 GZIP_BOMB = gzip.compress(b"\0" * 200_000_000, compresslevel=9)  # 200 MB of zeros in about 200 kB
+DEFLATE_BOMB = zlib.compress(b"\0" * 200_000_000, 9)  # the same in the zlib container of Content-Encoding: deflate
+# what a server ignoring Accept-Encoding sends as brotli: refused by its label before a byte is read, so it
+# does not matter what it would inflate to (the bytes here are a brotli stream's header, not a whole one)
+BROTLI_LABELLED = b"\x1b\xff\xff\x7f" + b"\0" * 1024
 
 
 def routes(base_url: str, private_url: str, published: str) -> dict[str, Route]:
@@ -82,6 +88,7 @@ def routes(base_url: str, private_url: str, published: str) -> dict[str, Route]:
     page items are dated `published` (inside the run's window)."""
     pages = [
         "/pages/good-1", "/pages/good-2", "/pages/slow-drip", "/pages/endless", "/pages/gzip-bomb",
+        "/pages/deflate-bomb", "/pages/brotli",
         "/pages/redirect-loop", "/pages/to-metadata", "/pages/to-loopback", "/pages/50mb", "/pages/invalid-utf8",
         "/pages/mislabelled", "/pages/nested", "/pages/binary", "/pages/404", "/pages/410", "/pages/500",
         "/pages/429",
@@ -93,6 +100,8 @@ def routes(base_url: str, private_url: str, published: str) -> dict[str, Route]:
         "/pages/endless": _stream(None),
         "/pages/50mb": _stream(50 * 1024 * 1024),
         "/pages/gzip-bomb": respond(200, GZIP_BOMB, headers={"Content-Encoding": "gzip"}),
+        "/pages/deflate-bomb": respond(200, DEFLATE_BOMB, headers={"Content-Encoding": "deflate"}),
+        "/pages/brotli": respond(200, BROTLI_LABELLED, headers={"Content-Encoding": "br"}),
         "/pages/redirect-loop": _redirect("/pages/redirect-loop?again"),
         "/pages/to-metadata": _redirect("http://169.254.169.254/latest/meta-data/iam/security-credentials/"),
         "/pages/to-loopback": _redirect(f"{private_url}/admin"),

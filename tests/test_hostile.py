@@ -62,6 +62,9 @@ PAGE_OUTCOMES = {
     "/pages/endless": ("page_failed", f"body too large: over {MAX_BYTES} bytes", False),
     "/pages/50mb": ("page_failed", f"body too large: over {MAX_BYTES} bytes", False),
     "/pages/gzip-bomb": ("page_failed", f"body too large: over {MAX_BYTES} bytes", False),
+    "/pages/deflate-bomb": ("page_failed", f"body too large: over {MAX_BYTES} bytes", False),
+    "/pages/brotli": ("page_failed", "content encoding 'br' was not offered (Accept-Encoding: gzip, deflate)",
+                      False),
     "/pages/redirect-loop": ("page_failed", "more than 5 redirects", False),
     "/pages/to-metadata": ("page_failed", "address 169.254.169.254 of host '169.254.169.254' is a cloud metadata "
                            "address", False),
