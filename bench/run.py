@@ -288,7 +288,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                     for source, feed_url in aeb_feeds:
                         store.upsert_feed(conn, feed_url, store.upsert_source(conn, source))
                 replay_settings = Settings(database_url=replay_url, allow_private_addresses=True, workers=workers,
-                                           data_dir=Path(tempfile.gettempdir()))
+                                           data_dir=Path(tempfile.gettempdir()), host_delay=0.0,
+                                           host_concurrency=Settings.page_concurrency)
                 flow.run_interval(replay_engine, replay_settings, since=since, until=until, run_key="bench-live")
             # replay needs no network: the page server is gone
             for kind in ("warm", "cold"):

@@ -113,7 +113,7 @@ def load_articles(
     neardup.lock_keys(conn, {lock_key("url", i.article.canonical_url) for i in items}
                       | {lock_key("hash", i.article.content_hash) for i in items} | band_keys)
 
-    plans = _plan(conn, items, signatures, scheme, _loaded_by(conn, items))
+    plans = _plan(conn, items, signatures, scheme)
     founded = [plan.row.cluster for plan in plans if plan.action == "insert" and plan.founder]
     if founded:
         new_ids = sorted(int(row.id) for row in conn.execute(text(
@@ -202,12 +202,14 @@ def _loaded_by(conn: Connection, items: Sequence[LoadItem]) -> dict[int, int]:
 
 
 def _plan(conn: Connection, items: Sequence[LoadItem], signatures: Sequence[neardup.Signature],
-          scheme: neardup.Scheme, loaded_by: dict[int, int]) -> list[_Plan]:
+          scheme: neardup.Scheme) -> list[_Plan]:
     """Decide what becomes of each item, with three lookups for the whole batch (URL, body, band keys)."""
     by_url = {row.canonical_url: row for row in conn.execute(text(
         "SELECT id, canonical_url, cluster_id, source, title, author, published_at, language, content_hash "
         "FROM articles WHERE canonical_url = ANY(:urls)"
     ), {"urls": [i.article.canonical_url for i in items]})}
+    # which entries loaded the stored articles: asked only when one of them is stored (a replay, a re-listing)
+    loaded_by = _loaded_by(conn, items) if by_url else {}
     clusters: dict[int, _Cluster] = {}
 
     def stored_cluster(cluster_id: int) -> _Cluster:

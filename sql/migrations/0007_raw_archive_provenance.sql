@@ -85,6 +85,10 @@ ALTER TABLE article_topics ADD CONSTRAINT article_topics_last_run_fkey
 
 -- replay finds the archived pages of an interval's items by publication date
 CREATE INDEX feed_entries_published_at_idx ON feed_entries (published_at);
+-- a run's totals are counted from the rows it wrote (pipeline.store.rows_of_run)
+CREATE INDEX feed_entries_first_run_idx ON feed_entries (first_run_id);
+CREATE INDEX articles_last_run_idx ON articles (last_run_id);
+CREATE INDEX pages_run_idx ON pages (run_id);
 
 -- Where each article row came from: the run that last changed it, that run's interval, mode and run type,
 -- the extractor version that wrote its body, and the taxonomy versions of its topic rows.
