@@ -139,9 +139,9 @@ def extraction_only(pages: Sequence[tuple[bytes, str]], workers: int) -> dict[st
     return {"pages": len(pages), "extracted": extracted, "seconds": seconds, "pages_per_s": len(pages) / seconds}
 
 
-def end_to_end(databases: scratch_db.Databases, feed_urls: Sequence[tuple[str, str]], since: datetime, until: datetime,
-               workers: int) -> dict[str, Any]:
-    """One full pass (poll, fetch, store, extract, dedupe, tag, load) into a fresh database."""
+def fresh_database(databases: scratch_db.Databases, feed_urls: Sequence[tuple[str, str]], workers: int
+                   ) -> tuple[str, Any, Settings]:
+    """A fresh database with these (source, feed URL) pairs registered: its URL, engine and settings."""
     url = databases.fresh()
     engine = db.engine_for(url)
     with engine.begin() as conn:
@@ -149,9 +149,15 @@ def end_to_end(databases: scratch_db.Databases, feed_urls: Sequence[tuple[str, s
             store.upsert_feed(conn, feed_url, store.upsert_source(conn, source))
     # every page comes from one loopback host: no delay between its requests and as many at once as page
     # threads, so the benchmark measures the pipeline, not the politeness towards real sites
-    settings = Settings(database_url=url, allow_private_addresses=True, workers=workers,
-                        data_dir=Path(tempfile.gettempdir()), host_delay=0.0,
-                        host_concurrency=Settings.page_concurrency)
+    return url, engine, Settings(database_url=url, allow_private_addresses=True, workers=workers,
+                                 data_dir=Path(tempfile.gettempdir()), host_delay=0.0,
+                                 host_concurrency=Settings.page_concurrency)
+
+
+def end_to_end(databases: scratch_db.Databases, feed_urls: Sequence[tuple[str, str]], since: datetime, until: datetime,
+               workers: int) -> dict[str, Any]:
+    """One full pass (poll, fetch, store, extract, dedupe, tag, load) into a fresh database."""
+    url, engine, settings = fresh_database(databases, feed_urls, workers)
     started = time.perf_counter()
     _run_id, totals = flow.run_interval(engine, settings, since=since, until=until,
                                         run_key=f"bench-{uuid.uuid4().hex[:8]}")
@@ -282,14 +288,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                     lambda: end_to_end(databases, aeb_feeds, since, until, workers))
                 log("AEB: end to end on one process (for the per-article comparison) ...")
                 results["aeb_e2e_1worker"] = end_to_end(databases, aeb_feeds, since, until, 1)
-                replay_url = databases.fresh()
-                replay_engine = db.engine_for(replay_url)
-                with replay_engine.begin() as conn:
-                    for source, feed_url in aeb_feeds:
-                        store.upsert_feed(conn, feed_url, store.upsert_source(conn, source))
-                replay_settings = Settings(database_url=replay_url, allow_private_addresses=True, workers=workers,
-                                           data_dir=Path(tempfile.gettempdir()), host_delay=0.0,
-                                           host_concurrency=Settings.page_concurrency)
+                replay_url, replay_engine, replay_settings = fresh_database(databases, aeb_feeds, workers)
                 flow.run_interval(replay_engine, replay_settings, since=since, until=until, run_key="bench-live")
             # replay needs no network: the page server is gone
             for kind in ("warm", "cold"):

@@ -70,8 +70,7 @@ def news_maintenance() -> None:
         if data_interval_end is None:
             raise ValueError("prune_archive needs the run's data interval")
         cutoff = data_interval_end - timedelta(days=days)
-        with _engine().begin() as conn:
-            outcome = archive.prune(conn, cutoff)
+        outcome = archive.prune(_engine(), cutoff)
         return {"cutoff": cutoff.isoformat(), "pages": outcome.pages, "feed_documents": outcome.feed_documents,
                 "blobs": outcome.blobs, "bytes": outcome.bytes}
 

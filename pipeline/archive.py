@@ -9,7 +9,7 @@ import zlib
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import Connection, text
+from sqlalchemy import Connection, Engine, text
 
 from pipeline.http import GZIP_WBITS
 from pipeline.models import FetchResult
@@ -20,7 +20,7 @@ ZLIB_LEVEL = 1  # fastest level: a document is stored once and read once or twic
 # response headers kept with each fetch: what a replay or an audit needs to know about the bytes
 KEPT_HEADERS = ("content-type", "content-encoding", "content-language", "content-length", "etag",
                 "last-modified", "date", "cache-control", "expires", "retry-after", "location")
-PRUNE_BATCH = 1000  # rows per pruning statement, so a large prune never holds long locks
+PRUNE_BATCH = 1000  # rows per pruning transaction, so a large prune never holds long locks
 
 
 @dataclass(frozen=True)
@@ -88,56 +88,58 @@ def feed_document(conn: Connection, fetch_id: int) -> bytes | None:
     return None if row is None else decoded(row.encoding, row.body)
 
 
-def prune(conn: Connection, older_than: datetime, batch: int = PRUNE_BATCH) -> PruneOutcome:
-    """Drop the bytes of pages and feed documents fetched before `older_than`, keeping their fetch facts, then
-    delete the documents nothing refers to any more. Runs in batches in the caller's transaction."""
-    pages = feeds = 0
-    while True:
-        moved = conn.execute(text(
-            "UPDATE pages SET sha256 = NULL, body = NULL, body_encoding = NULL WHERE entry_id IN ("
-            "  SELECT entry_id FROM pages WHERE fetched_at < :cutoff AND (sha256 IS NOT NULL OR body IS NOT NULL) "
-            "  LIMIT :batch)"
-        ), {"cutoff": older_than, "batch": batch}).rowcount
-        pages += moved
-        if moved < batch:
-            break
-    while True:
-        moved = conn.execute(text(
-            "UPDATE feed_fetches SET sha256 = NULL WHERE id IN ("
-            "  SELECT id FROM feed_fetches WHERE fetched_at < :cutoff AND sha256 IS NOT NULL LIMIT :batch)"
-        ), {"cutoff": older_than, "batch": batch}).rowcount
-        feeds += moved
-        if moved < batch:
-            break
-    while True:
-        moved = conn.execute(text(
-            "UPDATE sitemap_documents SET sha256 = NULL WHERE (run_id, feed_id, url) IN ("
-            "  SELECT run_id, feed_id, url FROM sitemap_documents WHERE fetched_at < :cutoff AND sha256 IS NOT NULL "
-            "  LIMIT :batch)"
-        ), {"cutoff": older_than, "batch": batch}).rowcount
-        feeds += moved
-        if moved < batch:
-            break
-    blobs = freed = 0
-    while True:
-        row = conn.execute(text(
-            "WITH gone AS ("
-            "  DELETE FROM archive_blobs WHERE sha256 IN ("
-            "    SELECT b.sha256 FROM archive_blobs AS b WHERE b.stored_at < :cutoff "
-            "      AND NOT EXISTS (SELECT 1 FROM pages AS p WHERE p.sha256 = b.sha256) "
-            "      AND NOT EXISTS (SELECT 1 FROM feed_fetches AS ff WHERE ff.sha256 = b.sha256) "
-            "      AND NOT EXISTS (SELECT 1 FROM sitemap_documents AS sd WHERE sd.sha256 = b.sha256) "
-            "    LIMIT :batch FOR UPDATE SKIP LOCKED) "
-            "  RETURNING stored_size) "
-            "SELECT count(*) AS blobs, coalesce(sum(stored_size), 0) AS bytes FROM gone"
-        ), {"cutoff": older_than, "batch": batch}).one()
-        blobs += int(row.blobs)
-        freed += int(row.bytes)
-        if row.blobs < batch:
-            break
+# each drops the bytes of up to :batch rows fetched before :cutoff, keeping the rows (their fetch facts)
+DROPS = {
+    "pages": "UPDATE pages SET sha256 = NULL, body = NULL, body_encoding = NULL WHERE entry_id IN ("
+             "  SELECT entry_id FROM pages WHERE fetched_at < :cutoff AND (sha256 IS NOT NULL OR body IS NOT NULL) "
+             "  LIMIT :batch)",
+    "feeds": "UPDATE feed_fetches SET sha256 = NULL WHERE id IN ("
+             "  SELECT id FROM feed_fetches WHERE fetched_at < :cutoff AND sha256 IS NOT NULL LIMIT :batch)",
+    "sitemaps": "UPDATE sitemap_documents SET sha256 = NULL WHERE (run_id, feed_id, url) IN ("
+                "  SELECT run_id, feed_id, url FROM sitemap_documents WHERE fetched_at < :cutoff "
+                "  AND sha256 IS NOT NULL LIMIT :batch)",
+}
+# deletes up to :batch documents stored before :cutoff that nothing refers to; how many, and their bytes
+DELETE_UNUSED = (
+    "WITH gone AS ("
+    "  DELETE FROM archive_blobs WHERE sha256 IN ("
+    "    SELECT b.sha256 FROM archive_blobs AS b WHERE b.stored_at < :cutoff "
+    "      AND NOT EXISTS (SELECT 1 FROM pages AS p WHERE p.sha256 = b.sha256) "
+    "      AND NOT EXISTS (SELECT 1 FROM feed_fetches AS ff WHERE ff.sha256 = b.sha256) "
+    "      AND NOT EXISTS (SELECT 1 FROM sitemap_documents AS sd WHERE sd.sha256 = b.sha256) "
+    "    LIMIT :batch FOR UPDATE SKIP LOCKED) "
+    "  RETURNING stored_size) "
+    "SELECT count(*) AS rows, coalesce(sum(stored_size), 0) AS bytes FROM gone"
+)
+
+
+def prune(engine: Engine, older_than: datetime, batch: int = PRUNE_BATCH) -> PruneOutcome:
+    """Drop the bytes of pages and feed and sitemap documents fetched before `older_than`, keeping their fetch
+    facts, then delete the documents nothing refers to any more; one transaction per batch of rows."""
+    dropped = {what: _in_batches(engine, statement, older_than, batch)[0] for what, statement in DROPS.items()}
+    blobs, freed = _in_batches(engine, DELETE_UNUSED, older_than, batch)
+    outcome = PruneOutcome(pages=dropped["pages"], feed_documents=dropped["feeds"] + dropped["sitemaps"],
+                           blobs=blobs, bytes=freed)
     LOGGER.info("archive prune before %s: %d pages and %d feed documents dropped, %d documents (%d bytes) freed",
-                older_than.isoformat(), pages, feeds, blobs, freed)
-    return PruneOutcome(pages=pages, feed_documents=feeds, blobs=blobs, bytes=freed)
+                older_than.isoformat(), outcome.pages, outcome.feed_documents, blobs, freed)
+    return outcome
+
+
+def _in_batches(engine: Engine, statement: str, older_than: datetime, batch: int) -> tuple[int, int]:
+    """Run `statement` in transactions of its own until it touches fewer than `batch` rows; returns the rows
+    it touched and, for DELETE_UNUSED, the bytes it freed."""
+    rows = freed = 0
+    while True:
+        with engine.begin() as conn:
+            result = conn.execute(text(statement), {"cutoff": older_than, "batch": batch})
+            if result.returns_rows:
+                done = result.one()
+                touched, freed = int(done.rows), freed + int(done.bytes)
+            else:
+                touched = result.rowcount
+        rows += touched
+        if touched < batch:
+            return rows, freed
 
 
 def store_sitemap_documents(conn: Connection, run_id: int, feed_id: int,

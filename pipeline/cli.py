@@ -456,8 +456,7 @@ def _archive(args: argparse.Namespace, settings: Settings, engine: Engine) -> in
     if days == 0:
         print("retention is 0 days (keep for ever): nothing pruned")
         return 0
-    with engine.begin() as conn:
-        outcome = archive.prune(conn, datetime.now(UTC) - timedelta(days=days))
+    outcome = archive.prune(engine, datetime.now(UTC) - timedelta(days=days))
     print(f"pruned the archive to the last {days} days: {outcome.pages} pages and {outcome.feed_documents} feed "
           f"documents dropped, {outcome.blobs} documents ({outcome.bytes} bytes) freed")
     return 0

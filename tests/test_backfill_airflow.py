@@ -11,7 +11,6 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-import psycopg2
 import pytest
 from sqlalchemy import Engine, text
 from sqlalchemy.engine import make_url
@@ -19,7 +18,7 @@ from sqlalchemy.engine import make_url
 from pipeline import demosite
 from pipeline.topics import DEFAULT_TAXONOMY
 from tests.airflow_cluster import airflow_cluster
-from tests.conftest import LOOPBACK_ENV
+from tests.conftest import LOOPBACK_ENV, _admin
 from tests.test_flow import snapshot
 from tests.test_retag import edited_taxonomy
 
@@ -28,16 +27,6 @@ DAG_ID = "news_ingest"
 FROM_DATE, TO_DATE = "2026-11-03", "2026-11-05"
 RUNS = 3
 LOOKBACK = timedelta(hours=6)  # a run also keeps items published this long before its interval (NEWS_LOOKBACK_HOURS)
-
-
-def _admin(url: str, statement: str) -> None:
-    connection = psycopg2.connect(url)
-    try:
-        connection.autocommit = True
-        with connection.cursor() as cursor:
-            cursor.execute(statement)
-    finally:
-        connection.close()
 
 
 @pytest.fixture

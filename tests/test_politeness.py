@@ -281,15 +281,14 @@ def test_a_no_store_feed_keeps_no_validators(engine: Engine, settings: Settings)
     assert "If-None-Match" not in server.headers_seen[1] and "If-Modified-Since" not in server.headers_seen[1]
 
 
-def test_the_delay_between_requests_to_a_host_holds_across_separate_engines(database_url: str,
-                                                                            settings: Settings) -> None:
-    watch = Watch()
+def _two_processes(database_url: str, settings: Settings, watch: Watch, hold: float = 0.0) -> None:
+    """Two fetch_feeds calls at once on engines of their own (as two mapped tasks would have), each polling
+    its feed (/a.xml, /b.xml) and fetching its three pages from one host."""
     routes = {"/robots.txt": _robots("User-agent: *\nAllow: /\n"),
               **{f"/{name}{i}": respond(200, PAGE) for name in "ab" for i in range(3)}}
-    settings = settings.with_overrides(host_delay=0.2)
-    engines = [create_engine(database_url), create_engine(database_url)]  # as two mapped tasks would have
+    engines = [create_engine(database_url), create_engine(database_url)]
     try:
-        with serve(watch.wrap(routes)) as server:
+        with serve(watch.wrap(routes, hold)) as server:
             for name in "ab":
                 server.routes.update(watch.wrap(_site({}, f"/{name}.xml", [f"/{name}{i}" for i in range(3)])(
                     server.base_url)))
@@ -302,29 +301,20 @@ def test_the_delay_between_requests_to_a_host_holds_across_separate_engines(data
     assert errors == []
     assert sorted(path for path in watch.paths() if path != "/robots.txt") == sorted(
         ["/a.xml", "/b.xml", *(f"/{name}{i}" for name in "ab" for i in range(3))])
+
+
+def test_the_delay_between_requests_to_a_host_holds_across_separate_engines(database_url: str,
+                                                                            settings: Settings) -> None:
+    watch = Watch()
+    _two_processes(database_url, settings.with_overrides(host_delay=0.2), watch)
     assert min(watch.gaps()) >= 0.2 - TOLERANCE
 
 
 def test_the_concurrency_of_a_host_holds_across_separate_engines(database_url: str, settings: Settings) -> None:
     watch = Watch()
-    routes = {"/robots.txt": _robots("User-agent: *\nAllow: /\n"),
-              **{f"/{name}{i}": respond(200, PAGE) for name in "ab" for i in range(3)}}
     # each process alone would run two at once; together they may run only two
-    settings = settings.with_overrides(host_delay=0.01, host_concurrency=2, page_concurrency=2)
-    engines = [create_engine(database_url), create_engine(database_url)]  # as two mapped tasks would have
-    try:
-        with serve(watch.wrap(routes, hold=0.3)) as server:
-            for name in "ab":
-                server.routes.update(_site({}, f"/{name}.xml", [f"/{name}{i}" for i in range(3)])(server.base_url))
-            errors = run_together([lambda e=e, name=name: _fetch(e, settings, f"{server.base_url}/{name}.xml",
-                                                                  key=name)
-                                   for e, name in zip(engines, "ab", strict=True)])
-    finally:
-        for engine in engines:
-            engine.dispose()
-    assert errors == []
-    assert sorted(p for p in watch.paths() if p[1] in "ab" and p[2].isdigit()) == sorted(
-        f"/{name}{i}" for name in "ab" for i in range(3))
+    _two_processes(database_url, settings.with_overrides(host_delay=0.01, host_concurrency=2, page_concurrency=2),
+                   watch, hold=0.3)
     assert watch.most_in_flight == 2
 
 

@@ -217,7 +217,8 @@ def test_prune_drops_old_bytes_keeps_fetch_facts_and_replay_skips_what_is_gone(
         conn.execute(text("UPDATE feed_fetches SET fetched_at = fetched_at - interval '100 days'"))
         conn.execute(text("UPDATE archive_blobs SET stored_at = stored_at - interval '100 days'"))
         old = conn.execute(text("SELECT count(*) FROM pages WHERE entry_id % 2 = 0")).scalar_one()
-        outcome = archive.prune(conn, datetime.now(UTC) - timedelta(days=90), batch=7)
+    outcome = archive.prune(engine, datetime.now(UTC) - timedelta(days=90), batch=7)
+    with engine.connect() as conn:
         kept = conn.execute(text("SELECT count(*) FROM pages WHERE sha256 IS NOT NULL")).scalar_one()
         facts = conn.execute(text("SELECT count(*) FROM pages WHERE final_url IS NOT NULL")).scalar_one()
         dangling = conn.execute(text(
@@ -225,8 +226,7 @@ def test_prune_drops_old_bytes_keeps_fetch_facts_and_replay_skips_what_is_gone(
             "AND NOT EXISTS (SELECT 1 FROM feed_fetches f WHERE f.sha256 = b.sha256)")).scalar_one()
     assert outcome.pages == old and outcome.feed_documents > 0 and outcome.blobs > 0 and outcome.bytes > 0
     assert kept == pages - old and facts == pages and dangling == 0
-    with engine.begin() as conn:
-        assert archive.prune(conn, datetime.now(UTC) - timedelta(days=90)) == archive.PruneOutcome(0, 0, 0, 0)
+    assert archive.prune(engine, datetime.now(UTC) - timedelta(days=90)) == archive.PruneOutcome(0, 0, 0, 0)
 
     _run_id, totals = flow.run_interval(engine, settings, since=WEEK_START, until=WEEK_END, run_key="after-prune",
                                         mode="replay")
