@@ -246,8 +246,8 @@ def _poll_sitemap(conn: Connection, client: HttpClient, settings: Settings, feed
         return
     problems = [f"{d.url}: {d.error or d.bozo_reason}" for d in read.documents if d.error or d.bozo_reason]
     status = "malformed" if problems else "ok"
-    error = f"{len(problems)} of {len(read.documents)} sitemap documents unusable or damaged; {problems[0]}" \
-        if problems else None
+    error = (f"{len(problems)} of {len(read.documents)} sitemap documents unusable or damaged; {problems[0]}"
+             if problems else None)
     shortest, longest = settings.feed_min_interval, min(settings.feed_max_interval, settings.lookback)
     interval = adapted_interval((entry.published_at for entry in read.entries), shortest, longest)
     store.record_feed_poll(conn, run_id, feed.id, status=status, result=top, items=read.listed,
