@@ -79,15 +79,6 @@ def store_blobs(conn: Connection, blobs: list[Blob]) -> None:
         "bodies": [b.body for b in unique.values()]})
 
 
-def feed_document(conn: Connection, fetch_id: int) -> bytes | None:
-    """The archived document of one feed poll (feed_fetches.id), decoded; None if there is none."""
-    row = conn.execute(text(
-        "SELECT b.encoding, b.body FROM feed_fetches AS ff JOIN archive_blobs AS b ON b.sha256 = ff.sha256 "
-        "WHERE ff.id = :id"
-    ), {"id": fetch_id}).one_or_none()
-    return None if row is None else decoded(row.encoding, row.body)
-
-
 # each drops the bytes of up to :batch rows fetched before :cutoff, keeping the rows (their fetch facts)
 DROPS = {
     "pages": "UPDATE pages SET sha256 = NULL, body = NULL, body_encoding = NULL WHERE entry_id IN ("

@@ -24,6 +24,7 @@ from urllib.parse import urlsplit
 from lxml import etree
 from trafilatura.sitemaps import extract_robots_sitemaps
 
+from pipeline.http import GZIP_WBITS
 from pipeline.models import FeedEntry, FetchResult
 
 LOGGER = logging.getLogger(__name__)
@@ -35,7 +36,6 @@ MAX_URLS = 50_000
 MAX_URL_LENGTH = 2048
 MAX_DOCUMENTS = 50
 GZIP_MAGIC = b"\x1f\x8b"
-GZIP_WBITS = 16 + zlib.MAX_WBITS
 INFLATE_CHUNK = 1024 * 1024
 # byte order marks of UTF-16 and UTF-32 (the little-endian UTF-16 one starts the UTF-32 one)
 WIDE_BOMS = (b"\xff\xfe", b"\xfe\xff", b"\x00\x00\xfe\xff")

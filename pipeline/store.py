@@ -401,15 +401,21 @@ def fetched_pages(conn: Connection, entry_ids: Sequence[int], *, replay: bool = 
     return pages
 
 
+# an entry whose page is archived and that belongs to [:since, :until): published in it, or undated and
+# fetched in it (what a replay of the interval processes again)
+ARCHIVED_IN_INTERVAL = (
+    "(p.sha256 IS NOT NULL OR p.body IS NOT NULL) "
+    "AND ((e.published_at >= :since AND e.published_at < :until) "
+    "     OR (e.published_at IS NULL AND p.fetched_at >= :since AND p.fetched_at < :until))"
+)
+
+
 def replay_entry_ids(conn: Connection, feed_ids: Sequence[int] | None, since: datetime, until: datetime) -> list[int]:
     """Entries whose page is archived and that belong to [since, until): published in it, or undated and
     fetched in it; of these feeds, or of every feed (disabled ones included) when `feed_ids` is None."""
     rows = conn.execute(text(
         "SELECT e.id FROM feed_entries e JOIN pages p ON p.entry_id = e.id "
-        "WHERE (CAST(:all_feeds AS boolean) OR e.feed_id = ANY(:feed_ids)) "
-        "  AND (p.sha256 IS NOT NULL OR p.body IS NOT NULL) "
-        "  AND ((e.published_at >= :since AND e.published_at < :until) "
-        "       OR (e.published_at IS NULL AND p.fetched_at >= :since AND p.fetched_at < :until)) "
+        f"WHERE (CAST(:all_feeds AS boolean) OR e.feed_id = ANY(:feed_ids)) AND {ARCHIVED_IN_INTERVAL} "
         "ORDER BY e.published_at NULLS LAST, e.id"
     ), {"all_feeds": feed_ids is None, "feed_ids": list(feed_ids or []), "since": since, "until": until})
     return [int(row.id) for row in rows]
@@ -418,10 +424,7 @@ def replay_entry_ids(conn: Connection, feed_ids: Sequence[int] | None, since: da
 def replay_feed_ids(conn: Connection, since: datetime, until: datetime) -> list[int]:
     """The feeds (enabled or not) with archived pages in [since, until), as replay_entry_ids selects them."""
     rows = conn.execute(text(
-        "SELECT DISTINCT e.feed_id FROM feed_entries e JOIN pages p ON p.entry_id = e.id "
-        "WHERE (p.sha256 IS NOT NULL OR p.body IS NOT NULL) "
-        "  AND ((e.published_at >= :since AND e.published_at < :until) "
-        "       OR (e.published_at IS NULL AND p.fetched_at >= :since AND p.fetched_at < :until)) "
-        "ORDER BY e.feed_id"
+        f"SELECT DISTINCT e.feed_id FROM feed_entries e JOIN pages p ON p.entry_id = e.id "
+        f"WHERE {ARCHIVED_IN_INTERVAL} ORDER BY e.feed_id"
     ), {"since": since, "until": until})
     return [int(row.feed_id) for row in rows]
